@@ -1,0 +1,7 @@
+"""minivolo: VOLO (Vision Outlooker) from scratch on NumPy, with the same code on CuPy for GPUs."""
+from .backend import (cuda_available, default_device, get_array_module, manual_seed, to_numpy)
+from .gradcheck import GradcheckError, gradcheck
+from .tensor import (Tensor, abs, cat, concatenate, exp, is_grad_enabled, log, maximum, no_grad, sqrt,
+                     stack, tanh, tensor, where)
+
+__version__ = "0.1.0"

@@ -1,0 +1,128 @@
+"""The one place that knows about NumPy versus CuPy.
+
+Every array operation in minivolo takes its array module from here (``xp``), so the same code runs on
+the CPU (NumPy) and on an NVIDIA GPU (CuPy). No other module imports cupy.
+
+    get_array_module(a)   -> numpy or cupy, whichever owns ``a``
+    array_module(device)  -> numpy for "cpu", cupy for "cuda"
+    to_device(a, device)  -> the array on that device (a copy only when it has to move)
+    to_numpy(a)           -> a host NumPy array (copies from the GPU explicitly)
+    default_device()      -> $MINIVOLO_DEVICE, "cpu" when unset
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+try:  # CuPy is optional; a broken install counts as absent.
+    import cupy as _cupy
+except Exception:  # pragma: no cover - depends on the machine
+    _cupy = None
+
+DEVICES = ("cpu", "cuda")
+
+
+def cuda_available() -> bool:
+    """True when CuPy is installed and sees at least one usable GPU."""
+    if _cupy is None:
+        return False
+    try:
+        return bool(_cupy.cuda.is_available())
+    except Exception:  # pragma: no cover - driver problems
+        return False
+
+
+def _check_device(device: str) -> str:
+    device = str(device).lower()
+    if device.startswith("cuda:"):
+        device = "cuda"
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cuda" and not cuda_available():
+        why = "CuPy is not installed (pip install 'minivolo[gpu]')" if _cupy is None \
+            else "CuPy is installed but no CUDA GPU is usable"
+        raise RuntimeError(f"device 'cuda' requested but {why}")
+    return device
+
+
+def default_device() -> str:
+    """The device new tensors live on: $MINIVOLO_DEVICE ("cpu" or "cuda"), "cpu" when unset."""
+    return _check_device(os.environ.get("MINIVOLO_DEVICE", "cpu") or "cpu")
+
+
+def array_module(device: str):
+    """numpy for "cpu", cupy for "cuda"."""
+    return _cupy if _check_device(device) == "cuda" else np
+
+
+def get_array_module(a):
+    """The module (numpy or cupy) that owns array ``a``; numpy for anything that is not a CuPy array."""
+    if _cupy is not None and isinstance(a, _cupy.ndarray):
+        return _cupy
+    return np
+
+
+def device_of(a) -> str:
+    return "cuda" if get_array_module(a) is not np else "cpu"
+
+
+def is_array(a) -> bool:
+    return isinstance(a, np.ndarray) or (_cupy is not None and isinstance(a, _cupy.ndarray))
+
+
+def to_device(a, device: str):
+    """``a`` as an array on ``device``; no copy when it is already there."""
+    device = _check_device(device)
+    if device == "cuda":
+        return _cupy.asarray(a)
+    return to_numpy(a)
+
+
+def to_numpy(a) -> np.ndarray:
+    """A host NumPy array; device arrays are copied explicitly (CuPy forbids the implicit way)."""
+    if _cupy is not None and isinstance(a, _cupy.ndarray):
+        return _cupy.asnumpy(a)
+    return np.asarray(a)
+
+
+def manual_seed_device(seed: int) -> None:
+    """Seed CuPy's global generator too, when it is present and usable."""
+    if cuda_available():
+        _cupy.random.seed(seed)
+
+
+# --- random numbers -------------------------------------------------------------------------------
+# One generator per device. Host randomness (shuffling, augmentation, mix-token boxes) uses the NumPy
+# generator; dropout and drop-path masks are drawn on the device that holds the activations.
+_generators: dict = {}
+
+
+def manual_seed(seed: int) -> None:
+    """Seed every minivolo random generator (parameter init, dropout, data order, augmentation)."""
+    _generators.clear()
+    _generators["cpu"] = np.random.default_rng(seed)
+    if cuda_available():
+        _generators["cuda"] = _cupy.random.default_rng(seed)
+
+
+def generator(device: str = "cpu"):
+    """The generator of ``device`` (numpy.random.Generator or cupy.random.Generator)."""
+    if device not in _generators:
+        _generators[device] = (np.random.default_rng() if device == "cpu"
+                               else _cupy.random.default_rng())
+    return _generators[device]
+
+
+def get_rng_state() -> dict:
+    """The state of every generator, as plain Python data (fit for a checkpoint)."""
+    state = {"cpu": generator("cpu").bit_generator.state}
+    if "cuda" in _generators:  # pragma: no cover - GPU only
+        state["cuda"] = _generators["cuda"].bit_generator.state
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    generator("cpu").bit_generator.state = state["cpu"]
+    if "cuda" in state and cuda_available():  # pragma: no cover - GPU only
+        generator("cuda").bit_generator.state = state["cuda"]

@@ -1,0 +1,2 @@
+"""Layers and containers, named and behaving as in ``torch.nn``."""
+from .module import IncompatibleKeys, Module, ModuleList, Parameter, Sequential

@@ -1,0 +1,241 @@
+"""The autograd engine: every Tensor op against finite differences and against PyTorch."""
+import numpy as np
+import pytest
+
+import minivolo as mv
+from oracle import check_against_torch, torch
+
+rng = np.random.default_rng(0)
+
+
+def randn(*shape, dtype=np.float64):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def positive(*shape, dtype=np.float64):
+    return (rng.random(shape) + 0.5).astype(dtype)
+
+
+# (name, minivolo fn, torch fn, input arrays) -- shapes chosen to exercise broadcasting
+BINARY_SHAPES = [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 4), (3, 1)), ((), (2, 3)), ((5,), ())]
+BINARY = [
+    ("add", lambda a, b: a + b, lambda a, b: a + b),
+    ("sub", lambda a, b: a - b, lambda a, b: a - b),
+    ("mul", lambda a, b: a * b, lambda a, b: a * b),
+    ("div", lambda a, b: a / b, lambda a, b: a / b),
+    ("pow", lambda a, b: a ** b, lambda a, b: a ** b),
+    ("maximum", mv.maximum, torch.maximum),
+    ("where", lambda a, b: mv.where(a > b, a, b), lambda a, b: torch.where(a > b, a, b)),
+]
+
+
+@pytest.mark.parametrize("shapes", BINARY_SHAPES)
+@pytest.mark.parametrize("name,f,tf", BINARY, ids=[b[0] for b in BINARY])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_binary_ops(name, f, tf, shapes, dtype):
+    a, b = positive(*shapes[0], dtype=dtype), positive(*shapes[1], dtype=dtype)
+    check_against_torch(f, tf, [a, b])
+    if dtype == np.float64:
+        assert mv.gradcheck(f, mv.Tensor(a, requires_grad=True), mv.Tensor(b, requires_grad=True))
+
+
+UNARY = [
+    ("neg", lambda x: -x, lambda x: -x),
+    ("exp", lambda x: x.exp(), torch.exp),
+    ("log", lambda x: x.log(), torch.log),
+    ("sqrt", lambda x: x.sqrt(), torch.sqrt),
+    ("tanh", lambda x: x.tanh(), torch.tanh),
+    ("abs", lambda x: (x - 1).abs(), lambda x: (x - 1).abs()),
+    ("pow_scalar", lambda x: x ** 3, lambda x: x ** 3),
+    ("rpow", lambda x: 2.0 ** x, lambda x: 2.0 ** x),
+    ("rsub_rdiv", lambda x: 1.0 - 2.0 / x, lambda x: 1.0 - 2.0 / x),
+    ("scalar_ops", lambda x: (x * 3 + 1) / 2 - 0.5, lambda x: (x * 3 + 1) / 2 - 0.5),
+]
+
+
+@pytest.mark.parametrize("shape", [(), (5,), (3, 4), (2, 3, 4)])
+@pytest.mark.parametrize("name,f,tf", UNARY, ids=[u[0] for u in UNARY])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_unary_ops(name, f, tf, shape, dtype):
+    x = positive(*shape, dtype=dtype)
+    out = check_against_torch(f, tf, [x])[0]
+    assert out.dtype == dtype
+    if dtype == np.float64:
+        assert mv.gradcheck(f, mv.Tensor(x, requires_grad=True))
+
+
+REDUCTIONS = [
+    ("sum", lambda x, a, k: x.sum(a, keepdims=k), lambda x, a, k: x.sum(a, keepdim=k) if a is not None else x.sum()),
+    ("mean", lambda x, a, k: x.mean(a, keepdims=k),
+     lambda x, a, k: x.mean(a, keepdim=k) if a is not None else x.mean()),
+    ("max", lambda x, a, k: x.max(a, keepdims=k), lambda x, a, k: x.amax(a, keepdim=k) if a is not None else x.amax()),
+    ("var", lambda x, a, k: x.var(a, keepdims=k), lambda x, a, k: x.var(a, keepdim=k) if a is not None else x.var()),
+]
+
+
+@pytest.mark.parametrize("axis,keepdims", [(None, False), (0, False), (1, True), (-1, False), ((0, 2), True),
+                                           ((0, 2), False)])
+@pytest.mark.parametrize("name,f,tf", REDUCTIONS, ids=[r[0] for r in REDUCTIONS])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_reductions(name, f, tf, axis, keepdims, dtype):
+    if axis is None and keepdims:
+        pytest.skip("torch has no keepdim for full reductions")
+    x = randn(2, 3, 4, dtype=dtype)
+    check_against_torch(lambda t: f(t, axis, keepdims), lambda t: tf(t, axis, keepdims), [x])
+    if dtype == np.float64:
+        assert mv.gradcheck(lambda t: f(t, axis, keepdims), mv.Tensor(x, requires_grad=True))
+
+
+def test_var_correction_and_dim_aliases():
+    x = randn(4, 5)
+    t = torch.tensor(x)
+    np.testing.assert_allclose(mv.Tensor(x).var(1, correction=0).numpy(), t.var(1, correction=0).numpy())
+    np.testing.assert_allclose(mv.Tensor(x).sum(dim=1, keepdim=True).numpy(), t.sum(1, keepdim=True).numpy())
+
+
+def test_max_ties_share_gradient_like_amax():
+    x = np.array([[1.0, 3.0, 3.0], [2.0, 0.0, 2.0]])
+    check_against_torch(lambda t: t.max(1), lambda t: t.amax(1), [x])
+    check_against_torch(lambda t: t.max(), lambda t: t.amax(), [x])
+
+
+SHAPE_OPS = [
+    ("reshape", lambda x: x.reshape(4, 6), lambda x: x.reshape(4, 6)),
+    ("reshape_tuple", lambda x: x.reshape((2, -1)), lambda x: x.reshape((2, -1))),
+    ("transpose", lambda x: x.transpose(), lambda x: x.permute(2, 1, 0)),
+    ("permute", lambda x: x.permute(1, 2, 0), lambda x: x.permute(1, 2, 0)),
+    ("swapaxes", lambda x: x.swapaxes(0, 2), lambda x: x.swapaxes(0, 2)),
+    ("slice", lambda x: x[1:, ::2, -1], lambda x: x[1:, ::2, -1]),
+    ("ellipsis_none", lambda x: x[..., None, 1], lambda x: x[..., None, 1]),
+    ("int_array", lambda x: x[np.array([0, 1, 1])], lambda x: x[torch.tensor([0, 1, 1])]),
+    ("int_arrays_2d", lambda x: x[np.array([0, 1, 0]), :, np.array([3, 3, 3])],
+     lambda x: x[torch.tensor([0, 1, 0]), :, torch.tensor([3, 3, 3])]),
+    ("unsqueeze_squeeze", lambda x: x.unsqueeze(1).squeeze(1).flatten(1), lambda x: x.unsqueeze(1).squeeze(1).flatten(1)),
+    ("concatenate", lambda x: mv.concatenate([x, x * 2, x[:, :1]], axis=1), lambda x: torch.cat([x, x * 2, x[:, :1]], 1)),
+    ("stack", lambda x: mv.stack([x, -x], axis=-1), lambda x: torch.stack([x, -x], -1)),
+]
+
+
+@pytest.mark.parametrize("name,f,tf", SHAPE_OPS, ids=[s[0] for s in SHAPE_OPS])
+def test_shape_ops(name, f, tf):
+    x = randn(2, 3, 4)
+    check_against_torch(f, tf, [x])
+    assert mv.gradcheck(f, mv.Tensor(x, requires_grad=True))
+
+
+@pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((4,), (4, 5)), ((3, 4), (4,)),
+                                   ((4,), (4,)), ((2, 1, 3, 4), (5, 4, 2)), ((1, 3, 4), (2, 4, 2))])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matmul(sa, sb, dtype):
+    a, b = randn(*sa, dtype=dtype), randn(*sb, dtype=dtype)
+    check_against_torch(lambda x, y: x @ y, lambda x, y: x @ y, [a, b])
+    if dtype == np.float64:
+        assert mv.gradcheck(lambda x, y: x @ y, mv.Tensor(a, requires_grad=True), mv.Tensor(b, requires_grad=True))
+
+
+def test_comparisons_are_not_differentiable():
+    x = mv.Tensor(randn(3), requires_grad=True)
+    for c in (x < 0, x <= 0, x > 0, x >= 0, x == 0, x != 0):
+        assert c.dtype == np.bool_ and not c.requires_grad
+    np.testing.assert_array_equal((x > 0).numpy(), x.numpy() > 0)
+
+
+def test_leaf_used_twice_accumulates_and_grad_accumulates_across_calls():
+    x = mv.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    (x * x + x).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * x.numpy() + 1)
+    (x * 3).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * x.numpy() + 4)
+
+
+def test_backward_needs_grad_for_non_scalar():
+    x = mv.Tensor(randn(3), requires_grad=True)
+    with pytest.raises(RuntimeError, match="single-element"):
+        (x * 2).backward()
+    y = x * 2
+    with pytest.raises(ValueError, match=r"shape \(2,\).*\(3,\)"):
+        y.backward(np.ones(2))
+    y.backward(np.array([1.0, 2.0, 3.0]))
+    np.testing.assert_allclose(x.grad.numpy(), [2.0, 4.0, 6.0])
+
+
+def test_buffers_freed_unless_retained():
+    x = mv.Tensor(randn(3), requires_grad=True)
+    y = (x.exp() * 2).sum()
+    y.backward(retain_graph=True)
+    y.backward()
+    np.testing.assert_allclose(x.grad.numpy(), 4 * np.exp(x.numpy()))
+    with pytest.raises(RuntimeError, match="second time"):
+        y.backward()
+
+
+def test_no_grad_and_requires_grad_propagation():
+    x = mv.Tensor(randn(3), requires_grad=True)
+    c = mv.Tensor(randn(3))
+    assert (x * c).requires_grad and not (c * 2).requires_grad
+    with mv.no_grad():
+        y = x * 2
+    assert not y.requires_grad and mv.is_grad_enabled()
+    assert not x.detach().requires_grad
+    with pytest.raises(TypeError, match="floating"):
+        mv.Tensor(np.arange(3), requires_grad=True)
+
+
+def test_retain_grad_on_intermediate():
+    x = mv.Tensor(randn(3), requires_grad=True)
+    h = (x * 2).retain_grad()
+    (h * h).sum().backward()
+    np.testing.assert_allclose(h.grad.numpy(), 2 * h.numpy())
+
+
+def test_deep_graph_has_no_recursion_limit():
+    x = mv.Tensor(np.array(1.0), requires_grad=True)
+    y = x
+    for _ in range(10_000):
+        y = y * 1.0001 + 0.0
+    y.backward()
+    assert x.grad.item() == pytest.approx(1.0001 ** 10_000, rel=1e-9)
+
+
+def test_default_dtype_is_float32_and_float64_is_kept():
+    assert mv.Tensor([1.0, 2.0]).dtype == np.float32
+    assert mv.Tensor(np.zeros(2)).dtype == np.float64
+    x = mv.Tensor([1.0, 2.0], requires_grad=True)
+    y = (x * 2.5 + 1) ** 2 / 3
+    assert y.dtype == np.float32
+    y.sum().backward()
+    assert x.grad.dtype == np.float32
+
+
+def test_gradcheck_catches_a_planted_wrong_backward():
+    def bad_square(t):  # forward x^2, backward claims 3x
+        return mv.Tensor.from_op(t.data ** 2, (t,), lambda g: (3 * t.data * g,), "bad_square")
+
+    x = mv.Tensor(randn(2, 3), requires_grad=True)
+    y = mv.Tensor(randn(3), requires_grad=True)
+    with pytest.raises(mv.GradcheckError, match=r"input 1 \(shape \(3,\)\).*analytic.*numeric"):
+        mv.gradcheck(lambda a, b: (a * bad_square(b)).sum(0), x, y)
+    assert mv.gradcheck(lambda a, b: bad_square(b), x, y, raise_exception=False) is False
+
+
+def test_gradcheck_refuses_float32():
+    with pytest.raises(TypeError, match="float64"):
+        mv.gradcheck(lambda t: t * 2, mv.Tensor(randn(2, dtype=np.float32), requires_grad=True))
+
+
+def test_numpy_item_and_cpu_device():
+    x = mv.Tensor(np.arange(6.0).reshape(2, 3))
+    assert x.device == "cpu" and x.to("cpu") is x
+    assert isinstance(x.numpy(), np.ndarray) and x.sum().item() == 15.0
+    with pytest.raises(ValueError, match="device"):
+        x.to("tpu")
+
+
+def test_cuda_request_without_gpu_is_a_clear_error(monkeypatch):
+    if mv.cuda_available():
+        pytest.skip("a GPU is present: the error path cannot be exercised here")
+    with pytest.raises(RuntimeError, match="device 'cuda' requested but"):
+        mv.Tensor([1.0]).to("cuda")
+    monkeypatch.setenv("MINIVOLO_DEVICE", "cuda")
+    with pytest.raises(RuntimeError, match="device 'cuda' requested"):
+        mv.default_device()
