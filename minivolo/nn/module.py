@@ -41,6 +41,9 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() "
                                "before assigning attributes")
+        if name in self._buffers and (value is None or type(value) is Tensor):
+            self._buffers[name] = value  # reassigning a buffer keeps it a buffer, as in PyTorch
+            return
         for table in (self._parameters, self._buffers, self._modules):
             table.pop(name, None)
         if isinstance(value, Parameter):

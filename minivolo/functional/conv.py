@@ -1,0 +1,565 @@
+"""Sliding-window ops on NCHW images, with the names, arguments and numbers of ``torch.nn.functional``.
+
+Everything here is built on two array kernels that are each other's adjoint:
+
+    _im2col(x)  (B, C, H, W) -> (B, C, kh, kw, oh, ow)   cols[b, c, i, j, y, x] = xpad[b, c, y*sh + i*dh, x*sw + j*dw]
+    _col2im(c)  (B, C, kh, kw, oh, ow) -> (B, C, H, W)   the same positions, overlapping windows summed
+
+``_im2col`` is one copy of a strided view of the padded image; ``_col2im`` is a loop over the kh*kw kernel
+offsets, each adding one strided slice of the padded buffer (k^2 slice-adds, never a loop over pixels).
+Since <im2col(x), y> = <x, col2im(y)>, unfold's backward is fold and fold's backward is unfold; conv2d is
+im2col followed by one batched matmul; the pools reduce over the same windows.
+
+    unfold(input, kernel_size, dilation=1, padding=0, stride=1)              (B, C, H, W) -> (B, C*kh*kw, L)
+    fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1)   (B, C*kh*kw, L) -> (B, C, H, W)
+    conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)
+    avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None)
+    max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False)
+    pad(input, pad, mode="constant", value=0.0)
+    interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                recompute_scale_factor=None)
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from .. import backend
+from ..tensor import Tensor
+
+__all__ = ["unfold", "fold", "conv2d", "avg_pool2d", "max_pool2d", "pad", "interpolate"]
+
+
+# --- arguments -------------------------------------------------------------------------------------
+def _as_tensor(x) -> Tensor:
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _check_input(x: Tensor, ndim: int, op: str, layout: str) -> None:
+    if x.ndim != ndim:
+        raise ValueError(f"{op}: input must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _pair(value, name: str, op: str, minimum: int = 1) -> tuple[int, int]:
+    """``value`` (an int or a pair of ints) as two ints, each at least ``minimum``."""
+    items = (value, value) if _is_int(value) else value
+    try:
+        items = tuple(items)
+    except TypeError:
+        items = ()
+    if len(items) != 2 or not all(_is_int(v) for v in items):
+        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    if min(items) < minimum:
+        what = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{op}: {name} must be {what}, got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+class _Window(NamedTuple):
+    """Where the kernel goes, per spatial dim (height, width).
+
+    ``before`` is the padding on the top/left (where the input starts in the padded buffer), ``out`` the
+    number of window positions, ``extent`` the padded buffer's size: enough for the input and for every
+    window (in ceil mode the last window may run past the padding, onto implicit zeros / -inf).
+    """
+    kernel: tuple
+    dilation: tuple
+    stride: tuple
+    before: tuple
+    out: tuple
+    extent: tuple
+
+
+def _window(op: str, size: Sequence[int], kernel: tuple, dilation: tuple, stride: tuple,
+            pads: Sequence[tuple], ceil_mode: bool = False) -> _Window:
+    """The window geometry, with torch's output size along each dim (n in, p0/p1 padding before/after):
+
+        o = floor((n + p0 + p1 - d*(k-1) - 1 + (s-1 if ceil_mode)) / s) + 1
+        and in ceil mode the last window must start inside the input or the left padding:
+        if (o-1)*s >= n + p0: o -= 1
+    """
+    out, extent = [], []
+    for axis, n, k, d, s, (p0, p1) in zip(("height", "width"), size, kernel, dilation, stride, pads):
+        span = d * (k - 1) + 1
+        o = (n + p0 + p1 - span + (s - 1 if ceil_mode else 0)) // s + 1
+        if ceil_mode and (o - 1) * s >= n + p0:
+            o -= 1
+        if o < 1:
+            raise ValueError(f"{op}: kernel_size {k} with dilation {d} spans {span} pixels, more than the "
+                             f"padded input's {axis} {n} + {p0} + {p1} = {n + p0 + p1}")
+        out.append(o)
+        extent.append(max(p0 + n, (o - 1) * s + span))
+    return _Window(kernel, dilation, stride, tuple(p0 for p0, _ in pads), tuple(out), tuple(extent))
+
+
+def _symmetric(padding: tuple) -> tuple:
+    return tuple((p, p) for p in padding)
+
+
+# --- the two kernels -------------------------------------------------------------------------------
+def _padded(x, w: _Window, fill: float = 0.0):
+    """x (B, C, H, W) placed at ``w.before`` in a buffer (B, C, *w.extent) filled with ``fill``."""
+    (top, left), (H, W) = w.before, x.shape[2:]
+    if (top, left) == (0, 0) and w.extent == (H, W):
+        return x
+    xp = backend.get_array_module(x)
+    shape = x.shape[:2] + w.extent
+    buf = xp.zeros(shape, x.dtype) if fill == 0 else xp.full(shape, fill, x.dtype)
+    buf[:, :, top:top + H, left:left + W] = x
+    return buf
+
+
+def _windows(buf, w: _Window):
+    """The strided view (B, C, kh, kw, oh, ow) of every window of a padded buffer (no copy)."""
+    xp = backend.get_array_module(buf)
+    sb, sc, sy, sx = buf.strides
+    (dh, dw), (sh, sw) = w.dilation, w.stride
+    return xp.lib.stride_tricks.as_strided(buf, buf.shape[:2] + w.kernel + w.out,
+                                           (sb, sc, dh * sy, dw * sx, sh * sy, sw * sx))
+
+
+def _offsets(w: _Window):
+    """For each kernel offset (i, j): the rows and columns of the padded buffer it meets, one per output."""
+    (kh, kw), (dh, dw), (sh, sw), (oh, ow) = w.kernel, w.dilation, w.stride, w.out
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, slice(i * dh, i * dh + sh * (oh - 1) + 1, sh), slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+
+
+def _im2col(x, w: _Window, channel_major: bool = False):
+    """x (B, C, H, W) -> cols (B, C, kh, kw, oh, ow), C-contiguous: pad, view the windows, copy once.
+
+    The copy's layout makes the reshape to unfold's (B, C*kh*kw, L) free. ``channel_major`` lays the
+    copy out as (C, kh, kw, B, oh, ow) instead, so that conv2d sees (G, K, B*L): one long matmul per group.
+    """
+    xp = backend.get_array_module(x)
+    view = _windows(_padded(x, w), w)
+    return xp.ascontiguousarray(view.transpose(1, 2, 3, 0, 4, 5) if channel_major else view)
+
+
+def _col2im(cols, size: tuple, w: _Window, channel_major: bool = False):
+    """cols (B, C, kh, kw, oh, ow) -> (B, C, H, W): every column added back where it came from.
+
+    A loop over the kh*kw kernel offsets, each a strided slice-add into the padded buffer; when windows
+    cannot overlap (stride >= the dilated kernel) each pixel receives at most one value, so it is stored
+    rather than added. With ``channel_major`` cols is (C, kh, kw, B, oh, ow) and the buffer (C, B, ...),
+    so that both are read and written in memory order. Returns a view of the buffer, cropped to ``size``.
+    """
+    xp = backend.get_array_module(cols)
+    lead = (cols.shape[0], cols.shape[3]) if channel_major else cols.shape[:2]
+    buf = xp.zeros(lead + w.extent, cols.dtype)
+    disjoint = all(s >= d * (k - 1) + 1 for k, d, s in zip(w.kernel, w.dilation, w.stride))
+    for i, j, rows, columns in _offsets(w):
+        tap = cols[:, i, j] if channel_major else cols[:, :, i, j]
+        if disjoint:
+            buf[:, :, rows, columns] = tap
+        else:
+            buf[:, :, rows, columns] += tap
+    (top, left), (H, W) = w.before, size
+    out = buf[:, :, top:top + H, left:left + W]
+    return out.transpose(1, 0, 2, 3) if channel_major else out
+
+
+# --- unfold / fold ---------------------------------------------------------------------------------
+def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
+    """Extract sliding local blocks, as ``torch.nn.functional.unfold``.
+
+    input (B, C, H, W) -> (B, C*kh*kw, L), L = oh*ow, channel-major rows:
+        out[b, c*kh*kw + i*kw + j, y*ow + x] = xpad[b, c, y*sh + i*dh, x*sw + j*dw]
+    with xpad zero-padded by ``padding`` on every side and o = floor((n + 2p - d(k-1) - 1) / s) + 1.
+    Backward: the gradient folds back, ``fold(g)`` (the adjoint: overlapping positions sum).
+    """
+    x = _as_tensor(input)
+    _check_input(x, 4, "unfold", "(B, C, H, W)")
+    w = _window("unfold", x.shape[2:], _pair(kernel_size, "kernel_size", "unfold"),
+                _pair(dilation, "dilation", "unfold"), _pair(stride, "stride", "unfold"),
+                _symmetric(_pair(padding, "padding", "unfold", minimum=0)))
+    cols = _im2col(x.data, w)
+    B, C = x.shape[:2]
+
+    def backward(g):
+        return (_col2im(g.reshape(cols.shape), x.shape[2:], w),)
+    return Tensor.from_op(cols.reshape(B, -1, w.out[0] * w.out[1]), (x,), backward, "unfold")
+
+
+def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
+    """Sum sliding local blocks into an image, as ``torch.nn.functional.fold`` (the adjoint of unfold).
+
+    input (B, C*kh*kw, L) -> (B, C, H, W) with (H, W) = ``output_size`` and L = oh*ow the number of block
+    positions unfold would give for that size:
+        out[b, c, Y, X] = sum over (i, j, y, x) with y*sh + i*dh - ph = Y, x*sw + j*dw - pw = X
+                          of input[b, c*kh*kw + i*kw + j, y*ow + x]
+    Backward: ``unfold(g)``.
+    """
+    x = _as_tensor(input)
+    _check_input(x, 3, "fold", "(B, C*kh*kw, L)")
+    size = _pair(output_size, "output_size", "fold")
+    kernel = _pair(kernel_size, "kernel_size", "fold")
+    w = _window("fold", size, kernel, _pair(dilation, "dilation", "fold"), _pair(stride, "stride", "fold"),
+                _symmetric(_pair(padding, "padding", "fold", minimum=0)))
+    B, CK, L = x.shape
+    K = kernel[0] * kernel[1]
+    if CK % K:
+        raise ValueError(f"fold: input.shape[1] = {CK} must be divisible by the kernel_size product "
+                         f"{kernel[0]}*{kernel[1]} = {K}")
+    if L != w.out[0] * w.out[1]:
+        raise ValueError(f"fold: input has L = {L} blocks, but output_size {size} with kernel_size {kernel}, "
+                         f"dilation, padding and stride given yields {w.out[0]}*{w.out[1]} = "
+                         f"{w.out[0] * w.out[1]} blocks")
+    shape = (B, CK // K) + kernel + w.out
+
+    def backward(g):
+        return (_im2col(g, w).reshape(x.shape),)
+    return Tensor.from_op(_col2im(x.data.reshape(shape), size, w), (x,), backward, "fold")
+
+
+# --- convolution -----------------------------------------------------------------------------------
+def _conv_padding(padding, kernel: tuple, dilation: tuple, stride: tuple) -> tuple:
+    """int, pair, 'valid' (none) or 'same' (stride 1; the odd pixel of an even kernel goes right/bottom)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0), (0, 0))
+        if padding != "same":
+            raise ValueError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+        if stride != (1, 1):
+            raise ValueError(f"conv2d: padding='same' needs stride 1, got stride {stride}")
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        return tuple((t // 2, t - t // 2) for t in totals)
+    return _symmetric(_pair(padding, "padding", "conv2d", minimum=0))
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
+           groups: int = 1) -> Tensor:
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
+
+    input (B, C, H, W), weight (O, C/G, kh, kw), bias (O,) -> (B, O, oh, ow). With G = groups,
+    K = (C/G)*kh*kw and the columns laid out channel-major, cols = im2col(input) as (G, K, B*L), the
+    batch folded into the matmul's long side:
+        out[g] = W[g] @ cols[g] + bias                W viewed as (G, O/G, K); one batched matmul
+    Backward, with g viewed as (G, O/G, B*L):
+        dW[g]  = g[g] @ cols[g]^T                     (sums over the batch inside the matmul)
+        dcols  = W[g]^T @ g[g]  -> col2im             (only when the input needs a gradient)
+        dbias  = sum over b, y, x of g
+    """
+    x, weight = _as_tensor(input), _as_tensor(weight)
+    _check_input(x, 4, "conv2d", "(B, C, H, W)")
+    if weight.ndim != 4:
+        raise ValueError(f"conv2d: weight must be 4-D (O, C/groups, kh, kw), got shape {tuple(weight.shape)}")
+    if not _is_int(groups) or groups < 1:
+        raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
+    B, C = x.shape[:2]
+    O, Cg, kh, kw = weight.shape
+    if Cg * groups != C:
+        raise ValueError(f"conv2d: weight {tuple(weight.shape)} expects C/groups = {Cg} channels per group, "
+                         f"so {Cg * groups} input channels with groups={groups}; input has {C}")
+    if O % groups:
+        raise ValueError(f"conv2d: weight.shape[0] = {O} output channels must be divisible by groups={groups}")
+    if weight.dtype != x.dtype:
+        raise ValueError(f"conv2d: weight dtype {weight.dtype} differs from input dtype {x.dtype}")
+    if bias is not None:
+        bias = _as_tensor(bias)
+        if bias.shape != (O,) or bias.dtype != x.dtype:
+            raise ValueError(f"conv2d: bias must have shape ({O},) and dtype {x.dtype}, "
+                             f"got {tuple(bias.shape)} {bias.dtype}")
+    stride_, dilation_ = _pair(stride, "stride", "conv2d"), _pair(dilation, "dilation", "conv2d")
+    w = _window("conv2d", x.shape[2:], (kh, kw), dilation_, stride_,
+                _conv_padding(padding, (kh, kw), dilation_, stride_))
+    G, Og, K, L = groups, O // groups, Cg * kh * kw, w.out[0] * w.out[1]
+    cols = _im2col(x.data, w, channel_major=True).reshape(G, K, B * L)
+    wmat = weight.data.reshape(G, Og, K)
+    out = x.xp.ascontiguousarray((wmat @ cols).reshape((O, B) + w.out).transpose(1, 0, 2, 3))
+    if bias is not None:
+        out += bias.data[:, None, None]
+    if not weight.requires_grad:
+        cols = None  # only dW needs the columns: do not keep them alive
+
+    def backward(g):
+        gx = gw = gb = None
+        gt = g.reshape(B, G, Og, L).transpose(1, 2, 0, 3).reshape(G, Og, B * L)  # one small copy
+        if x.requires_grad:
+            dcols = (wmat.swapaxes(1, 2) @ gt).reshape((C, kh, kw, B) + w.out)
+            gx = _col2im(dcols, x.shape[2:], w, channel_major=True)
+        if weight.requires_grad:
+            gw = (gt @ cols.swapaxes(1, 2)).reshape(weight.shape)
+        if bias is not None and bias.requires_grad:
+            gb = g.sum(axis=(0, 2, 3))
+        return gx, gw, gb
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    return Tensor.from_op(out, parents, backward, "conv2d")
+
+
+# --- pooling ---------------------------------------------------------------------------------------
+def _pool_window(op: str, x: Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool) -> _Window:
+    """Pool geometry with torch's checks: stride defaults to the kernel; padding at most half the window."""
+    kernel = _pair(kernel_size, "kernel_size", op)
+    no_stride = stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0)
+    stride_ = kernel if no_stride else _pair(stride, "stride", op)
+    padding_, dilation_ = _pair(padding, "padding", op, minimum=0), _pair(dilation, "dilation", op)
+    for p, k, d in zip(padding_, kernel, dilation_):
+        if p > (d * (k - 1) + 1) // 2:
+            raise ValueError(f"{op}: padding must be at most half the (dilated) kernel size, got padding "
+                             f"{padding_} for kernel_size {kernel} and dilation {dilation_}")
+    return _window(op, x.shape[2:], kernel, dilation_, stride_, _symmetric(padding_), ceil_mode)
+
+
+def _pool_counts(n: int, k: int, s: int, p: int, o: int, include_pad: bool) -> np.ndarray:
+    """Per output position along one dim: how many of its k taps the average divides by (as torch).
+
+    A window covers [o*s - p, o*s - p + k) clipped to the padded input [-p, n + p) (ceil mode may run past
+    it); with count_include_pad=False it is clipped to the input [0, n) instead.
+    """
+    start = np.arange(o) * s - p
+    end = np.minimum(start + k, n + p)
+    return end - start if include_pad else np.minimum(end, n) - np.maximum(start, 0)
+
+
+def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
+    """Average over kh x kw windows, as ``torch.nn.functional.avg_pool2d``.
+
+    input (B, C, H, W) -> (B, C, oh, ow):  out[b, c, y, x] = (sum of the window's taps) / divisor[y, x]
+    Padding is zeros. divisor = divisor_override when given, else the number of window taps inside the
+    padded input (count_include_pad=True) or inside the input (False); a ceil-mode window that runs past
+    the padded input counts only what it covers. Backward: every tap of a window receives g / divisor
+    (a col2im of the broadcast gradient).
+    """
+    x = _as_tensor(input)
+    _check_input(x, 4, "avg_pool2d", "(B, C, H, W)")
+    w = _pool_window("avg_pool2d", x, kernel_size, stride, padding, 1, ceil_mode)
+    if divisor_override is not None:
+        if not _is_int(divisor_override) or divisor_override == 0:
+            raise ValueError(f"avg_pool2d: divisor_override must be a non-zero int, got {divisor_override!r}")
+        divisor = x.xp.asarray(divisor_override, dtype=x.dtype)
+    else:
+        (H, W), (kh, kw), (sh, sw), (ph, pw), (oh, ow) = x.shape[2:], w.kernel, w.stride, w.before, w.out
+        counts = np.outer(_pool_counts(H, kh, sh, ph, oh, count_include_pad),
+                          _pool_counts(W, kw, sw, pw, ow, count_include_pad))
+        divisor = backend.to_device(counts.astype(x.dtype), x.device)
+    out = _windows(_padded(x.data, w), w).sum(axis=(2, 3)) / divisor
+
+    def backward(g):
+        share = x.xp.broadcast_to((g / divisor)[:, :, None, None], g.shape[:2] + w.kernel + w.out)
+        return (_col2im(share, x.shape[2:], w),)
+    return Tensor.from_op(out, (x,), backward, "avg_pool2d")
+
+
+def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
+    """Maximum over kh x kw windows, as ``torch.nn.functional.max_pool2d``.
+
+    input (B, C, H, W) -> (B, C, oh, ow); padding is -inf. The winner of a window is its first maximum in
+    window order (row by row), and a NaN wins over any number, as torch. Backward: g goes to the winner,
+    a col2im of g routed to each window's winning offset (positions that win several windows sum).
+    """
+    x = _as_tensor(input)
+    _check_input(x, 4, "max_pool2d", "(B, C, H, W)")
+    w = _pool_window("max_pool2d", x, kernel_size, stride, padding, dilation, ceil_mode)
+    xp = x.xp
+    buf = _padded(x.data, w, fill=-np.inf)
+    best = argbest = None
+    for i, j, rows, cols in _offsets(w):
+        tap = buf[:, :, rows, cols]
+        if best is None:
+            best, argbest = tap.copy(), xp.zeros(tap.shape, np.int32)
+            continue
+        better = (tap > best) | xp.isnan(tap)
+        xp.copyto(best, tap, where=better)
+        xp.copyto(argbest, i * w.kernel[1] + j, where=better)
+
+    def backward(g):
+        offset = xp.arange(w.kernel[0] * w.kernel[1]).reshape(w.kernel + (1, 1))
+        routed = xp.where(argbest[:, :, None, None] == offset, g[:, :, None, None], xp.zeros((), g.dtype))
+        return (_col2im(routed, x.shape[2:], w),)
+    return Tensor.from_op(best, (x,), backward, "max_pool2d")
+
+
+# --- padding ---------------------------------------------------------------------------------------
+def _matmul_along(a, m, axis: int):
+    """Apply the matrix m (n_out, n_in) along ``axis`` of a: result[..., o, ...] = sum_i m[o, i] a[..., i, ...]."""
+    xp = backend.get_array_module(a)
+    return xp.moveaxis(xp.moveaxis(a, axis, -1) @ m.T, -1, axis)
+
+
+def _pad_index(n: int, lo: int, hi: int, mode: str) -> np.ndarray:
+    """For each output position along one dim, the input index it copies (reflect, replicate, circular)."""
+    i = np.arange(-lo, n + hi)
+    if mode == "reflect":
+        return np.where(i < 0, -i, np.where(i >= n, 2 * (n - 1) - i, i))
+    if mode == "replicate":
+        return np.clip(i, 0, n - 1)
+    return i % n  # circular
+
+
+def pad(input: Tensor, pad: Sequence[int], mode: str = "constant", value: float | None = None) -> Tensor:
+    """Pad (or, with negative amounts, crop) the last dims, as ``torch.nn.functional.pad``.
+
+    ``pad`` lists (before, after) pairs starting from the LAST dim: (left, right, top, bottom, ...).
+    constant:  out = value outside the input, the input inside     backward: the inside of g
+    reflect:   x[..., 2, 1, 0, 1, 2, ...] (the edge is not repeated; pad < n)
+    replicate: the edge repeated;  circular: wraps around (pad <= n)
+    The three index modes gather along each padded dim; their backward is the transposed (one-hot)
+    gather matrix, so a pixel copied several times sums its gradients.
+    """
+    x = _as_tensor(input)
+    xp = x.xp
+    pads = tuple(pad)
+    if len(pads) % 2 or not all(_is_int(p) for p in pads) or len(pads) // 2 > x.ndim:
+        raise ValueError(f"pad: pad must be an even-length sequence of ints with at most 2*ndim = {2 * x.ndim} "
+                         f"entries, got {pad!r}")
+    if mode not in ("constant", "reflect", "replicate", "circular"):
+        raise ValueError(f"pad: mode must be 'constant', 'reflect', 'replicate' or 'circular', got {mode!r}")
+    if mode != "constant" and value:
+        raise ValueError(f"pad: mode {mode!r} takes no value, got value={value!r}")
+    # (axis, before, after), innermost first as torch lists them
+    dims = [(x.ndim - 1 - k, int(pads[2 * k]), int(pads[2 * k + 1])) for k in range(len(pads) // 2)]
+    for axis, lo, hi in dims:
+        n = x.shape[axis]
+        if n + lo + hi < 0 or (mode != "constant" and n + lo + hi <= 0):
+            raise ValueError(f"pad: padding ({lo}, {hi}) of dim {axis} (size {n}) leaves size {n + lo + hi}")
+        if mode == "reflect" and max(lo, hi) >= n:
+            raise ValueError(f"pad: reflect padding must be smaller than the dim, got ({lo}, {hi}) for dim {axis} "
+                             f"of size {n}")
+        if mode == "circular" and max(lo, hi) > n:
+            raise ValueError(f"pad: circular padding must be at most the dim, got ({lo}, {hi}) for dim {axis} "
+                             f"of size {n}")
+
+    if mode == "constant":
+        src, dst = [slice(None)] * x.ndim, [slice(None)] * x.ndim
+        shape = list(x.shape)
+        for axis, lo, hi in dims:
+            n = x.shape[axis]
+            src[axis] = slice(max(-lo, 0), n - max(-hi, 0))
+            dst[axis] = slice(max(lo, 0), max(lo, 0) + max(n - max(-lo, 0) - max(-hi, 0), 0))
+            shape[axis] = n + lo + hi
+        src, dst = tuple(src), tuple(dst)
+        out = xp.full(shape, 0.0 if value is None else value, x.dtype)
+        out[dst] = x.data[src]
+
+        def backward(g):
+            if all(lo >= 0 and hi >= 0 for _, lo, hi in dims):
+                return (g[dst],)
+            gx = xp.zeros_like(x.data)
+            gx[src] = g[dst]
+            return (gx,)
+        return Tensor.from_op(out, (x,), backward, "pad")
+
+    gathers = [(axis, _pad_index(x.shape[axis], lo, hi, mode)) for axis, lo, hi in dims]
+    out = x.data
+    for axis, index in gathers:
+        out = xp.take(out, backend.to_device(index, x.device), axis=axis)
+
+    def backward(g):
+        for axis, index in gathers:
+            onehot = np.zeros((len(index), x.shape[axis]), x.dtype)
+            onehot[np.arange(len(index)), index] = 1
+            g = _matmul_along(g, backend.to_device(onehot.T, x.device), axis)
+        return (g,)
+    return Tensor.from_op(out, (x,), backward, "pad")
+
+
+# --- resizing --------------------------------------------------------------------------------------
+_INTERP_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic")
+
+
+def _cubic_coefficients(t: np.ndarray, A: float = -0.75) -> list:
+    """Keys' cubic convolution weights of the taps at offsets -1, 0, 1, 2 for a fraction t (torch's A)."""
+    def near(x):  # |x| <= 1
+        return ((A + 2) * x - (A + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A
+    one = t.dtype.type(1)
+    return [far(t + one), near(t), near(one - t), far(one - t + one)]
+
+
+def _interp_matrix(n_in: int, n_out: int, mode: str, align_corners: bool, scale: float | None,
+                   dtype) -> np.ndarray:
+    """The (n_out, n_in) matrix that resizes one dim, built on the host with torch's index arithmetic.
+
+    ``scale`` is the user's scale_factor (torch then maps with 1/scale_factor instead of n_in/n_out).
+    Arithmetic is in the input's float type (float32 for nearest, as torch), so indices land where
+    torch's do. bilinear/bicubic source coordinate of output o:
+        align_corners: src = o * (n_in - 1)/(n_out - 1)
+        otherwise:     src = (o + 0.5) / scale - 0.5   (bilinear clamps src < 0 to 0)
+    bilinear taps floor(src), floor(src)+1 with weights 1-t, t; bicubic taps floor(src)-1 .. +2 clamped to
+    the border, weights from Keys' cubic (A = -0.75).
+    """
+    dst = np.arange(n_out)
+    m = np.zeros((n_out, n_in), dtype)
+    if mode.startswith("nearest"):
+        f32 = np.float32
+        inv = f32(1.0 / scale) if scale and scale > 0 else f32(n_in) / f32(n_out)
+        if mode == "nearest-exact":
+            src = np.floor(((dst + 0.5) * np.float64(inv)).astype(f32))
+        elif n_out == n_in:
+            src = dst
+        elif n_out == 2 * n_in:
+            src = dst >> 1
+        else:
+            src = np.floor(dst.astype(f32) * inv)
+        m[dst, np.minimum(src.astype(np.int64), n_in - 1)] = 1
+        return m
+    t = np.dtype(dtype).type
+    o = dst.astype(dtype)
+    if align_corners:
+        src = o * (t(n_in - 1) / t(n_out - 1) if n_out > 1 else t(0))
+    else:
+        inv = t(1.0 / scale) if scale and scale > 0 else t(n_in) / t(n_out)
+        src = inv * (o + t(0.5)) - t(0.5)
+        if mode == "bilinear":
+            src = np.maximum(src, t(0))
+    index = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    frac = np.clip(src - index.astype(dtype), t(0), t(1))
+    if mode == "bilinear":
+        taps = [(index, t(1) - frac), (index + (index < n_in - 1), frac)]
+    else:
+        taps = [(np.clip(index - 1 + k, 0, n_in - 1), c) for k, c in enumerate(_cubic_coefficients(frac))]
+    for column, weight in taps:  # rows are distinct within one tap, so += adds every weight once
+        m[dst, column] += weight
+    return m
+
+
+def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "nearest", align_corners=None,
+                recompute_scale_factor=None) -> Tensor:
+    """Resize the spatial dims of (B, C, H, W), as ``torch.nn.functional.interpolate``.
+
+    mode: 'nearest', 'nearest-exact', 'bilinear' or 'bicubic'. Exactly one of ``size`` (int or pair) and
+    ``scale_factor`` (number or pair; output = floor(n * scale_factor)) is given. Every mode is separable:
+        out = Mh @ x @ Mw^T      Mh (oh, H), Mw (ow, W) from ``_interp_matrix``
+    so the backward is exact and cheap: dx = Mh^T @ g @ Mw.
+    """
+    x = _as_tensor(input)
+    _check_input(x, 4, "interpolate", "(B, C, H, W)")
+    if mode not in _INTERP_MODES:
+        raise ValueError(f"interpolate: mode must be one of {_INTERP_MODES}, got {mode!r}")
+    if align_corners is not None and mode.startswith("nearest"):
+        raise ValueError("interpolate: align_corners can only be set with mode 'bilinear' or 'bicubic', "
+                         f"got mode {mode!r}")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("interpolate: give exactly one of size and scale_factor, got "
+                         f"size={size!r}, scale_factor={scale_factor!r}")
+    H, W = x.shape[2:]
+    if size is not None:
+        out_size, scales = _pair(size, "size", "interpolate"), (None, None)
+    else:
+        scales = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float, np.number)) \
+            else tuple(scale_factor)
+        if len(scales) != 2 or not all(isinstance(s, (int, float, np.number)) and s > 0 for s in scales):
+            raise ValueError(f"interpolate: scale_factor must be a positive number or pair, got {scale_factor!r}")
+        out_size = (math.floor(H * float(scales[0])), math.floor(W * float(scales[1])))
+        if min(out_size) < 1:
+            raise ValueError(f"interpolate: scale_factor {scale_factor!r} gives an empty output {out_size} "
+                             f"for input {H}x{W}")
+        if recompute_scale_factor:
+            scales = (None, None)
+    mats = [backend.to_device(_interp_matrix(n, o, mode, bool(align_corners), s, x.dtype), x.device)
+            for n, o, s in zip((H, W), out_size, scales)]
+    mh, mw = mats
+    out = mh @ x.data @ mw.T
+    return Tensor.from_op(out, (x,), lambda g: (mh.T @ g @ mw,), "interpolate")

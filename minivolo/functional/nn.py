@@ -1,0 +1,457 @@
+"""Layers as functions: linear, activations, softmax, normalisation, dropout and losses.
+
+Every op takes Tensors and returns a Tensor, computing in the input's dtype (float32 stays float32)
+and on the input's device. Hot or numerically delicate ops (layer_norm, batch_norm, softmax,
+log_softmax, cross_entropy, gelu) are fused: the forward keeps what the backward needs and the
+backward is written out by hand, instead of recording a graph of a dozen elementwise nodes.
+"""
+from __future__ import annotations
+
+import math
+import numpy as np
+
+from .. import backend
+from ..tensor import Tensor
+
+__all__ = ["linear", "relu", "erf", "gelu", "softmax", "log_softmax", "layer_norm", "batch_norm",
+           "dropout", "drop_path", "cross_entropy", "nll_loss", "mse_loss"]
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+# --- linear --------------------------------------------------------------------------------------
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``y = x W^T + b``.  input (*, in), weight (out, in), bias (out,) -> (*, out).
+
+    One GEMM over the flattened leading dims, X (M, in) @ W^T (in, out), and the bias added in place.
+    Backward: dX = G W, dW = G^T X, db = sum_M G, each one GEMM (or one sum), skipped when not needed.
+    """
+    if weight.ndim != 2:
+        raise ValueError(f"linear: weight must be (out_features, in_features), got shape {weight.shape}")
+    if input.ndim == 0 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input must be (*, {weight.shape[1]}) (in_features of weight "
+                         f"{weight.shape}), got shape {input.shape}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {bias.shape}")
+    if weight.dtype != input.dtype:
+        raise ValueError(f"linear: weight dtype {weight.dtype} differs from input dtype {input.dtype}")
+    x, w = input.data, weight.data
+    x2 = x.reshape(-1, x.shape[-1])
+    out = x2 @ w.T
+    if bias is not None:
+        out += bias.data
+    parents = (input, weight) if bias is None else (input, weight, bias)
+
+    def backward(g):
+        g2 = g.reshape(-1, g.shape[-1])
+        gx = (g2 @ w).reshape(x.shape) if input.requires_grad else None
+        gw = g2.T @ x2 if weight.requires_grad else None
+        gb = g2.sum(axis=0) if bias is not None and bias.requires_grad else None
+        return (gx, gw, gb)[:len(parents)]
+    return Tensor.from_op(out.reshape(x.shape[:-1] + (w.shape[0],)), parents, backward, "linear")
+
+
+# --- activations ---------------------------------------------------------------------------------
+def relu(input: Tensor) -> Tensor:
+    """``max(x, 0)``; the gradient is 1 where x > 0 and 0 elsewhere (0 at x = 0, as PyTorch)."""
+    x = input.data
+    return Tensor.from_op(input.xp.maximum(x, 0), (input,), lambda g: (g * (x > 0),), "relu")
+
+
+# fdlibm s_erf.c (Sun Microsystems, 1993): rational approximations of erf on |x| < 0.84375 and on
+# [0.84375, 1.25), and of log(x erfc(x)) + x^2 - 0.5625 in 1/x^2 on [1.25, 1/0.35) and [1/0.35, 6).
+# Coefficients from the lowest power up; every denominator starts with 1.
+_ERF_PP = (1.28379167095512558561e-01, -3.25042107247001499370e-01, -2.84817495755985104766e-02,
+           -5.77027029648944159157e-03, -2.37630166566501626084e-05)
+_ERF_QQ = (1.0, 3.97917223959155352819e-01, 6.50222499887672944485e-02, 5.08130628187576562776e-03,
+           1.32494738004321644526e-04, -3.96022827877536812320e-06)
+_ERF_ERX = 8.45062911510467529297e-01  # erf(1) rounded to float32 precision
+_ERF_PA = (-2.36211856075265944077e-03, 4.14856118683748331666e-01, -3.72207876035701323847e-01,
+           3.18346619901161753674e-01, -1.10894694282396677476e-01, 3.54783043256182359371e-02,
+           -2.16637559486879084300e-03)
+_ERF_QA = (1.0, 1.06420880400844228286e-01, 5.40397917702171048937e-01, 7.18286544141962662868e-02,
+           1.26171219808761642112e-01, 1.36370839120290507362e-02, 1.19844998467991074170e-02)
+_ERF_RA = (-9.86494403484714822705e-03, -6.93858572707181764372e-01, -1.05586262253232909814e+01,
+           -6.23753324503260060396e+01, -1.62396669462573470355e+02, -1.84605092906711035994e+02,
+           -8.12874355063065934246e+01, -9.81432934416914548592e+00)
+_ERF_SA = (1.0, 1.96512716674392571292e+01, 1.37657754143519042600e+02, 4.34565877475229228821e+02,
+           6.45387271733267880336e+02, 4.29008140027567833386e+02, 1.08635005541779435134e+02,
+           6.57024977031928170135e+00, -6.04244152148580987438e-02)
+_ERF_RB = (-9.86494292470009928597e-03, -7.99283237680523006574e-01, -1.77579549177547519889e+01,
+           -1.60636384855821916062e+02, -6.37566443368389627722e+02, -1.02509513161107724954e+03,
+           -4.83519191608651397019e+02)
+_ERF_SB = (1.0, 3.03380607434824582924e+01, 3.25792512996573918826e+02, 1.53672958608443695994e+03,
+           3.19985821950859553908e+03, 2.55305040643316442583e+03, 4.74528541206955367215e+02,
+           -2.24409524465858183362e+01)
+# (low, high, R, S) for the two erfc pieces: erfc(x) = exp(-x^2 - 0.5625 + R(s)/S(s)) / x, s = 1/x^2
+_ERFC_PIECES = ((1.25, 1 / 0.35, _ERF_RA, _ERF_SA), (1 / 0.35, 6.0, _ERF_RB, _ERF_SB))
+# keep the high bits of the mantissa so that z*z is exact (fdlibm's SET_LOW_WORD(z, 0))
+_HIGH_BITS = {np.dtype(np.float64): (np.uint64, 0xFFFFFFFF00000000),
+              np.dtype(np.float32): (np.uint32, 0xFFFFF000)}
+
+
+def _poly(z, coeffs):
+    """``c0 + c1 z + c2 z^2 + ...`` by Horner's rule, in z's dtype."""
+    p = z * coeffs[-1] + coeffs[-2]
+    for c in coeffs[-3::-1]:
+        p *= z
+        p += c
+    return p
+
+
+def _erf(x):
+    """erf of a float32 or float64 array, to the last bit or two, in its own dtype (fdlibm's method).
+
+    Each piece of fdlibm's piecewise approximation is evaluated only on the elements in its range
+    (boolean masks, so it runs on NumPy and CuPy alike); |x| >= 6 gives +-1 and NaN stays NaN.
+    """
+    xp = backend.get_array_module(x)
+    if x.dtype not in _HIGH_BITS:
+        return _erf(x.astype(np.float32)).astype(x.dtype)
+    shape, x = x.shape, x.reshape(-1)  # 1-D: NumPy turns 0-d results into scalars, which cannot be assigned
+    ax = xp.abs(x)
+    out = ax.copy()  # the NaNs stay; every finite element is overwritten below
+    m = ax < 0.84375
+    a = ax[m]
+    z = a * a
+    a_big = a * 2.0 ** 54  # a + a*y computed on a scaled copy (exact), so that subnormal a keep their bits
+    out[m] = (a_big + a_big * (_poly(z, _ERF_PP) / _poly(z, _ERF_QQ))) / 2.0 ** 54
+    m = (ax >= 0.84375) & (ax < 1.25)
+    s = ax[m] - 1
+    out[m] = _ERF_ERX + _poly(s, _ERF_PA) / _poly(s, _ERF_QA)
+    uint, mask = _HIGH_BITS[x.dtype]
+    for low, high, r, q in _ERFC_PIECES:
+        m = (ax >= low) & (ax < high)
+        a = ax[m]
+        s = 1 / (a * a)
+        z = (a.view(uint) & uint(mask)).view(x.dtype)  # z ~ a with z*z exact
+        erfc = xp.exp(-z * z - 0.5625) * xp.exp((z - a) * (z + a) + _poly(s, r) / _poly(s, q)) / a
+        out[m] = 1 - erfc
+    out[ax >= 6] = 1
+    return xp.copysign(out, x).reshape(shape)
+
+
+def erf(input: Tensor) -> Tensor:
+    """The error function ``erf(x) = 2/sqrt(pi) int_0^x exp(-t^2) dt``; d/dx = 2/sqrt(pi) exp(-x^2)."""
+    x = input.data
+    return Tensor.from_op(_erf(x), (input,),
+                          lambda g: (g * (2 / math.sqrt(math.pi)) * input.xp.exp(-x * x),), "erf")
+
+
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:
+    """GELU: ``x Phi(x)`` with the normal CDF ``Phi(x) = (1 + erf(x / sqrt 2)) / 2``.
+
+    approximate="tanh": ``Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2``.
+    Fused: d/dx = Phi(x) + x Phi'(x), with Phi' = exp(-x^2/2)/sqrt(2 pi) (exact) or the derivative
+    of the tanh form, from the values kept by the forward.
+    """
+    x, xp = input.data, input.xp
+    if approximate == "none":
+        cdf = 0.5 * (1 + _erf(x * (1 / math.sqrt(2))))
+
+        def dcdf():
+            return xp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
+    elif approximate == "tanh":
+        k = math.sqrt(2 / math.pi)
+        t = xp.tanh(k * (x + 0.044715 * x * x * x))
+        cdf = 0.5 * (1 + t)
+
+        def dcdf():
+            return 0.5 * k * (1 - t * t) * (1 + 3 * 0.044715 * x * x)
+    else:
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return Tensor.from_op(x * cdf, (input,), lambda g: (g * (cdf + x * dcdf()),), "gelu")
+
+
+# --- softmax -------------------------------------------------------------------------------------
+def softmax(input: Tensor, dim: int = -1) -> Tensor:
+    """``y_i = exp(x_i - max x) / sum_j exp(x_j - max x)`` along ``dim`` (shifted by the max: stable).
+
+    Fused: dx = y * (g - sum_j g_j y_j).
+    """
+    x, xp = input.data, input.xp
+    y = xp.exp(x - x.max(axis=dim, keepdims=True))
+    y /= y.sum(axis=dim, keepdims=True)
+    return Tensor.from_op(y, (input,), lambda g: (y * (g - (g * y).sum(axis=dim, keepdims=True)),),
+                          "softmax")
+
+
+def _log_softmax(x, dim: int):
+    """log softmax of an array along ``dim``: ``x - max - log sum exp(x - max)``."""
+    xp = backend.get_array_module(x)
+    shifted = x - x.max(axis=dim, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
+
+
+def log_softmax(input: Tensor, dim: int = -1) -> Tensor:
+    """``y_i = x_i - log sum_j exp(x_j)`` along ``dim``, computed as (x - max) - log sum exp(x - max).
+
+    Fused: dx = g - softmax(x) * sum_j g_j, with softmax(x) = exp(y).
+    """
+    y = _log_softmax(input.data, dim)
+    return Tensor.from_op(y, (input,), lambda g: (g - input.xp.exp(y) * g.sum(axis=dim, keepdims=True),),
+                          "log_softmax")
+
+
+# --- normalisation -------------------------------------------------------------------------------
+def _normalize(op: str, input: Tensor, weight, bias, stat_axes: tuple, param_shape: tuple, eps: float,
+               mean=None, var=None):
+    """``y = (x - mean) / sqrt(var + eps) * weight + bias``, the core of layer_norm and batch_norm.
+
+    With ``mean``/``var`` None they are the biased statistics of x over ``stat_axes`` and the backward
+    differentiates through them: with xhat = (x - mean) * rstd and gh = g * weight,
+        dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat))        (means over stat_axes).
+    Given ``mean``/``var`` (batch_norm in eval mode) they are constants and dx = gh * rstd.
+    weight and bias are viewed as ``param_shape`` (broadcastable to x); their gradients are
+    sum(g * xhat) and sum(g) over the axes where param_shape is 1.
+    Returns (y, mean, var), the statistics as arrays shaped for broadcasting.
+    """
+    x, xp = input.data, input.xp
+    batch_stats = mean is None
+    if batch_stats:
+        mean = x.mean(axis=stat_axes, keepdims=True)
+        xc = x - mean
+        var = (xc * xc).mean(axis=stat_axes, keepdims=True)
+    else:
+        xc = x - mean
+    rstd = 1 / xp.sqrt(var + eps)
+    xhat = xc * rstd
+    w = None if weight is None else weight.data.reshape(param_shape)
+    b = None if bias is None else bias.data.reshape(param_shape)
+    out = xhat if w is None else xhat * w
+    out = out if b is None else out + b
+    parents = [input] + [p for p in (weight, bias) if p is not None]
+    param_axes = tuple(i for i, n in enumerate(param_shape) if n == 1)
+
+    def backward(g):
+        gx = gw = gb = None
+        if input.requires_grad:
+            gh = g if w is None else g * w
+            if batch_stats:
+                gx = rstd * (gh - gh.mean(axis=stat_axes, keepdims=True)
+                             - xhat * (gh * xhat).mean(axis=stat_axes, keepdims=True))
+            else:
+                gx = gh * rstd
+        if weight is not None and weight.requires_grad:
+            gw = (g * xhat).sum(axis=param_axes).reshape(weight.shape)
+        if bias is not None and bias.requires_grad:
+            gb = g.sum(axis=param_axes).reshape(bias.shape)
+        return [gx] + [gp for p, gp in ((weight, gw), (bias, gb)) if p is not None]
+    return Tensor.from_op(out, parents, backward, op), mean, var
+
+
+def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bias: Tensor | None = None,
+               eps: float = 1e-5) -> Tensor:
+    """Normalise over the trailing ``normalized_shape`` dims: ``(x - E[x]) / sqrt(Var[x] + eps) * w + b``.
+
+    input (*, *normalized_shape); weight, bias normalized_shape. Var is biased (divides by n), as
+    PyTorch. Fused forward/backward (see ``_normalize``).
+    """
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    k = len(shape)
+    if k == 0 or input.ndim < k or input.shape[input.ndim - k:] != shape:
+        raise ValueError(f"layer_norm: input must end in normalized_shape {shape}, got shape {input.shape}")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != shape:
+            raise ValueError(f"layer_norm: {name} must have normalized_shape {shape}, got {p.shape}")
+    lead = input.ndim - k
+    return _normalize("layer_norm", input, weight, bias, tuple(range(lead, input.ndim)),
+                      (1,) * lead + shape, eps)[0]
+
+
+def batch_norm(input: Tensor, running_mean, running_var, weight: Tensor | None = None,
+               bias: Tensor | None = None, training: bool = False, momentum: float = 0.1,
+               eps: float = 1e-5) -> Tensor:
+    """Normalise each channel over the batch and the spatial dims.  input (N, C, *) -> (N, C, *).
+
+    training: use the batch's mean and biased variance, and (when given) update the running
+    statistics in place, ``r = (1 - momentum) r + momentum s``, with the *unbiased* variance for
+    running_var (exactly as PyTorch). Not training: use running_mean/running_var.
+    running_* are Tensors (their ``.data`` is updated), arrays, or None. weight, bias: (C,).
+    Fused forward/backward (see ``_normalize``).
+    """
+    if input.ndim < 2:
+        raise ValueError(f"batch_norm: input must be (N, C, *), got shape {input.shape}")
+    c = input.shape[1]
+    running = [r.data if isinstance(r, Tensor) else r for r in (running_mean, running_var)]
+    for name, p in (("running_mean", running[0]), ("running_var", running[1]), ("weight", weight),
+                    ("bias", bias)):
+        if p is not None and tuple(p.shape) != (c,):
+            raise ValueError(f"batch_norm: {name} must have shape ({c},) (C of input {input.shape}), "
+                             f"got {tuple(p.shape)}")
+    axes = (0,) + tuple(range(2, input.ndim))
+    param_shape = (1, c) + (1,) * (input.ndim - 2)
+    if not training:
+        if running[0] is None or running[1] is None:
+            raise ValueError("batch_norm: running_mean and running_var are needed when training=False")
+        stats = [r.reshape(param_shape).astype(input.dtype, copy=False) for r in running]
+        return _normalize("batch_norm", input, weight, bias, axes, param_shape, eps, *stats)[0]
+    n = input.size // c
+    if n <= 1:
+        raise ValueError(f"batch_norm: expected more than 1 value per channel when training, "
+                         f"got input of shape {input.shape}")
+    out, mean, var = _normalize("batch_norm", input, weight, bias, axes, param_shape, eps)
+    for r, stat in zip(running, (mean, var * (n / (n - 1)))):
+        if r is not None:
+            r[...] = momentum * stat.reshape(c).astype(r.dtype) + (1 - momentum) * r
+    return out
+
+
+# --- dropout -------------------------------------------------------------------------------------
+def _keep_mask(x: Tensor, shape: tuple, keep_prob: float, scale: bool):
+    """A Bernoulli(keep_prob) mask of ``shape`` in x's dtype and device, divided by keep_prob when
+    ``scale``, drawn from ``backend.generator`` of x's device."""
+    xp = x.xp
+    keep = backend.generator(x.device).random(shape, dtype=np.float32) < keep_prob
+    mask = keep.astype(x.dtype)
+    if scale and keep_prob > 0:
+        mask /= xp.asarray(keep_prob, dtype=x.dtype)
+    return Tensor(mask)
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p); identity unless training."""
+    if not 0 <= p <= 1:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0:
+        return input
+    return input * _keep_mask(input, input.shape, 1 - p, scale=True)
+
+
+def drop_path(x: Tensor, drop_prob: float = 0., training: bool = False, scale_by_keep: bool = True) -> Tensor:
+    """Stochastic depth (as timm): drop each *sample* of the batch with probability ``drop_prob``.
+
+    x (B, *) times a mask (B, 1, ..., 1) of Bernoulli(1 - drop_prob), divided by 1 - drop_prob when
+    ``scale_by_keep``; identity unless training.
+    """
+    if not 0 <= drop_prob <= 1:
+        raise ValueError(f"drop_path: drop_prob must be in [0, 1], got {drop_prob}")
+    if not training or drop_prob == 0:
+        return x
+    return x * _keep_mask(x, (x.shape[0],) + (1,) * (x.ndim - 1), 1 - drop_prob, scale_by_keep)
+
+
+# --- losses --------------------------------------------------------------------------------------
+def _check_reduction(op: str, reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _class_distribution(op: str, input: Tensor, target, weight, ignore_index: int, smoothing: float):
+    """For class-index targets, the per-element target distribution q (N, C, *) and the mean's divisor.
+
+        q_ic = ((1 - smoothing) [c = t_i] + smoothing / C) * w_c,   zero for rows with t_i = ignore_index
+        divisor = sum over non-ignored i of w_{t_i}   (their count without weights)
+    """
+    xp, c = input.xp, input.shape[1]
+    t = target
+    expected = input.shape[:1] + input.shape[2:]
+    if tuple(t.shape) != expected:
+        raise ValueError(f"{op}: class-index target must have shape {expected} (input {input.shape} "
+                         f"without the class dim), got {tuple(t.shape)}")
+    valid = t != ignore_index
+    t = xp.where(valid, t, 0)
+    if bool(((t < 0) | (t >= c)).any()):
+        raise ValueError(f"{op}: target values must be in [0, {c}) or ignore_index={ignore_index}")
+    classes = xp.arange(c).reshape((1, c) + (1,) * (input.ndim - 2))
+    q = (xp.expand_dims(t, 1) == classes).astype(input.dtype)
+    if smoothing:
+        q *= 1 - smoothing
+        q += smoothing / c
+    q *= xp.expand_dims(valid, 1)
+    if weight is None:
+        return q, valid.sum().astype(input.dtype)
+    w = weight.reshape(classes.shape).astype(input.dtype, copy=False)
+    return q * w, (weight.astype(input.dtype, copy=False)[t] * valid).sum()
+
+
+def _reduce(loss, reduction: str, divisor):
+    """The per-element losses reduced, and the function mapping the output gradient back to them."""
+    if reduction == "none":
+        return loss, lambda g: g
+    xp = backend.get_array_module(loss)
+    if reduction == "sum":
+        return xp.asarray(loss.sum()), lambda g: g
+    return xp.asarray(loss.sum() / divisor), lambda g: g / divisor
+
+
+def cross_entropy(input: Tensor, target, weight: Tensor | None = None, ignore_index: int = -100,
+                  reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """``-sum_c q_c log softmax(x)_c`` per element, where q is the target distribution.
+
+    input (N, C) or (N, C, d1, ...) logits (or (C,) unbatched). target either
+      * class indices, integers (N,) / (N, d1, ...): q = (1 - ls) onehot(t) + ls / C, times the class
+        weights w_c; elements with t = ignore_index count nothing; "mean" divides by the summed weight
+        w_{t_i} of the counted elements (their number without weights), as PyTorch;
+      * class probabilities, floats shaped like input: q = (p (1 - ls) + ls / C) w_c; "mean" divides
+        by the number of elements N d1 ... (weights or not), as PyTorch; gradients flow to the target.
+    Fused: dx = r (softmax(x) sum_c q_c - q), r the reduction's factor; d target = -r (1 - ls) w log p.
+    """
+    _check_reduction("cross_entropy", reduction)
+    if not 0 <= label_smoothing <= 1:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    target = target if isinstance(target, Tensor) else Tensor(target, device=input.device)
+    if input.ndim == 1:  # unbatched: (C,) with a scalar class index or (C,) probabilities
+        out = cross_entropy(input.reshape(1, -1), target.reshape((1,) + target.shape), weight,
+                            ignore_index, reduction, label_smoothing)
+        return out.reshape(()) if reduction == "none" else out
+    if input.ndim < 2:
+        raise ValueError(f"cross_entropy: input must be (N, C, *) or (C,), got shape {input.shape}")
+    xp, c = input.xp, input.shape[1]
+    if weight is not None and weight.shape != (c,):
+        raise ValueError(f"cross_entropy: weight must have shape ({c},) (one per class), got {weight.shape}")
+    w = None if weight is None else weight.data
+    logp = _log_softmax(input.data, 1)
+    probs = target.dtype.kind == "f"
+    if probs:
+        if target.shape != input.shape:
+            raise ValueError(f"cross_entropy: probability target must have the input's shape {input.shape}, "
+                             f"got {target.shape}")
+        wb = 1 if w is None else w.reshape((1, c) + (1,) * (input.ndim - 2))
+        q = (target.data * (1 - label_smoothing) + label_smoothing / c) * wb if label_smoothing \
+            else target.data * wb
+        divisor = xp.asarray(input.size // c, dtype=input.dtype)
+    else:
+        q, divisor = _class_distribution("cross_entropy", input, target.data, w, ignore_index,
+                                         label_smoothing)
+    out, back = _reduce(-(q * logp).sum(axis=1), reduction, divisor)
+    parents = (input, target) if probs else (input,)
+
+    def backward(g):
+        r = xp.expand_dims(back(g), 1) if reduction == "none" else back(g)
+        gx = r * (xp.exp(logp) * q.sum(axis=1, keepdims=True) - q) if input.requires_grad else None
+        if not probs:
+            return (gx,)
+        gt = -(1 - label_smoothing) * r * wb * logp if target.requires_grad else None
+        return gx, gt
+    return Tensor.from_op(out, parents, backward, "cross_entropy")
+
+
+def nll_loss(input: Tensor, target, weight: Tensor | None = None, ignore_index: int = -100,
+             reduction: str = "mean") -> Tensor:
+    """``-w_{t_i} x_{i, t_i}`` per element for log-probabilities x (N, C, *) and class indices t (N, *).
+
+    Elements with t = ignore_index count nothing; "mean" divides by the summed weights w_{t_i}.
+    dx = -r q with q the weighted one-hot targets and r the reduction's factor.
+    """
+    _check_reduction("nll_loss", reduction)
+    if input.ndim < 2:
+        raise ValueError(f"nll_loss: input must be (N, C, *), got shape {input.shape}")
+    target = target.data if isinstance(target, Tensor) else target
+    q, divisor = _class_distribution("nll_loss", input, target, None if weight is None else weight.data,
+                                     ignore_index, 0.0)
+    out, back = _reduce(-(q * input.data).sum(axis=1), reduction, divisor)
+    xp = input.xp
+
+    def backward(g):
+        r = xp.expand_dims(back(g), 1) if reduction == "none" else back(g)
+        return (-r * q,)
+    return Tensor.from_op(out, (input,), backward, "nll_loss")
+
+
+def mse_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
+    """``(x - y)^2`` per element, reduced by mean (default), sum or none. Composed of Tensor ops."""
+    _check_reduction("mse_loss", reduction)
+    diff = input - target
+    loss = diff * diff
+    return loss if reduction == "none" else (loss.sum() if reduction == "sum" else loss.mean())

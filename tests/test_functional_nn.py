@@ -1,0 +1,319 @@
+"""minivolo.functional.nn: every op against finite differences (float64) and PyTorch (float64, float32)."""
+import math
+
+import numpy as np
+import pytest
+
+import minivolo as mv
+from minivolo import functional as F
+from minivolo.functional.nn import _erf
+from oracle import check_against_torch, tol, torch
+
+TF = torch.nn.functional
+DTYPES = [np.float64, np.float32]
+
+
+def randn(*shape, dtype=np.float64, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def leaf(a):
+    return mv.Tensor(np.array(a, dtype=np.float64), requires_grad=True)
+
+
+# --- linear, relu, gelu, erf -------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(4,), (1, 4), (3, 4), (2, 3, 4)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear(shape, bias, dtype):
+    arrays = [randn(*shape, dtype=dtype), randn(5, 4, dtype=dtype, seed=1)] + \
+        ([randn(5, dtype=dtype, seed=2)] if bias else [])
+    out = check_against_torch(F.linear, TF.linear, arrays)[0]
+    assert out.dtype == dtype
+    if dtype == np.float64:
+        assert mv.gradcheck(F.linear, *map(leaf, arrays))
+
+
+def test_linear_errors():
+    x, w = mv.Tensor(randn(2, 3)), mv.Tensor(randn(5, 4))
+    with pytest.raises(ValueError, match=r"input must be \(\*, 4\)"):
+        F.linear(x, w)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        F.linear(mv.Tensor(randn(2, 4)), w, mv.Tensor(randn(4)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu(dtype):
+    x = randn(3, 5, dtype=dtype)
+    x[0, :2] = 0  # the gradient at 0 is 0, as in torch
+    assert check_against_torch(F.relu, TF.relu, [x])[0].dtype == dtype
+    if dtype == np.float64:
+        assert mv.gradcheck(F.relu, leaf(randn(3, 5)))
+
+
+def test_erf_matches_math_erf_to_full_precision():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.linspace(-8, 8, 40001), rng.standard_normal(20000) * 3, np.logspace(-300, 1, 2000),
+                        -np.logspace(-30, 1, 2000), [0.84375, 1.25, 1 / 0.35, 6.0, -0.84375, -1.25]])
+    got, ref = _erf(x), np.array([math.erf(v) for v in x])
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, ref, rtol=1e-15, atol=0)
+    # subnormal inputs: within one unit of the last place of the subnormal result
+    tiny = np.array([5e-324, 1e-320, 4.29265972e-318, 1.3e-309])
+    assert np.all(np.abs(_erf(tiny) - np.array([math.erf(v) for v in tiny])) <= 5e-324)
+    special = _erf(np.array([np.inf, -np.inf, 0.0, -0.0, np.nan]))
+    assert special[0] == 1 and special[1] == -1 and special[2] == 0 and np.signbit(special[3])
+    assert np.isnan(special[4])
+    assert _erf(np.array(0.5)).shape == () and _erf(np.zeros((2, 0, 3))).shape == (2, 0, 3)
+
+
+def test_erf_float32_is_computed_in_float32():
+    x = np.linspace(-5, 5, 20001).astype(np.float32)
+    got = _erf(x)
+    assert got.dtype == np.float32
+    ref = np.array([math.erf(v) for v in x.astype(np.float64)])
+    assert np.abs(got - ref).max() < 1.2e-7  # about one float32 ulp near 1
+    check_against_torch(F.erf, torch.erf, [randn(50, dtype=np.float32)])
+    assert mv.gradcheck(F.erf, leaf(randn(10) * 2))
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("shape", [(7,), (2, 3, 4)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu(approximate, shape, dtype):
+    x = randn(*shape, dtype=dtype) * 3
+    out = check_against_torch(lambda t: F.gelu(t, approximate), lambda t: TF.gelu(t, approximate=approximate), [x])
+    assert out[0].dtype == dtype
+    if dtype == np.float64:
+        assert mv.gradcheck(lambda t: F.gelu(t, approximate), leaf(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_over_a_wide_range(dtype):
+    x = np.linspace(-12, 12, 4001).astype(dtype)
+    check_against_torch(F.gelu, TF.gelu, [x])
+    with pytest.raises(ValueError, match="approximate must be"):
+        F.gelu(mv.Tensor(x), "fast")
+
+
+# --- softmax -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("fn,tfn", [(F.softmax, TF.softmax), (F.log_softmax, TF.log_softmax)],
+                         ids=["softmax", "log_softmax"])
+@pytest.mark.parametrize("shape,dim", [((5,), 0), ((1, 6), -1), ((3, 4, 5), 1), ((3, 4, 5), 0), ((2, 3, 4, 5), -1)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax(fn, tfn, shape, dim, dtype):
+    x = randn(*shape, dtype=dtype) * 3
+    out = check_against_torch(lambda t: fn(t, dim), lambda t: tfn(t, dim), [x])[0]
+    assert out.dtype == dtype
+    if dtype == np.float64:
+        assert mv.gradcheck(lambda t: fn(t, dim), leaf(x))
+
+
+@pytest.mark.parametrize("fn,tfn", [(F.softmax, TF.softmax), (F.log_softmax, TF.log_softmax)])
+def test_softmax_is_stable_for_huge_logits(fn, tfn):
+    x = np.array([[1000.0, 0.0, -1000.0], [-1e4, -1e4 + 1, -1e4 + 2]], dtype=np.float32)
+    out = fn(mv.Tensor(x), -1).numpy()
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, tfn(torch.tensor(x), -1).numpy(), **tol(np.float32))
+
+
+# --- layer_norm --------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape,normalized", [((1, 8), (8,)), ((2, 3, 8), (8,)), ((2, 3, 4, 5), (4, 5)),
+                                              ((2, 3, 4, 5), (5,))])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_norm(shape, normalized, affine, dtype):
+    x = randn(*shape, dtype=dtype) * 2 + 1
+    arrays = [x] + ([randn(*normalized, dtype=dtype, seed=1), randn(*normalized, dtype=dtype, seed=2)]
+                    if affine else [])
+    out = check_against_torch(lambda t, *p: F.layer_norm(t, normalized, *p, eps=1e-5),
+                              lambda t, *p: TF.layer_norm(t, normalized, *p, eps=1e-5), arrays)[0]
+    assert out.dtype == dtype
+    if dtype == np.float64 and x.size <= 60:
+        assert mv.gradcheck(lambda t, *p: F.layer_norm(t, normalized, *p), *map(leaf, arrays))
+
+
+def test_layer_norm_errors():
+    with pytest.raises(ValueError, match=r"must end in normalized_shape \(5,\)"):
+        F.layer_norm(mv.Tensor(randn(2, 4)), 5)
+    with pytest.raises(ValueError, match="weight must have normalized_shape"):
+        F.layer_norm(mv.Tensor(randn(2, 4)), 4, mv.Tensor(randn(5)))
+
+
+# --- batch_norm --------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 5), (2, 3, 4, 4), (1, 3, 2, 2)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_norm_training_and_running_stats(shape, dtype):
+    """Several training steps: outputs, gradients and the in-place running statistics match torch."""
+    c = shape[1]
+    rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+    trm, trv = torch.zeros(c, dtype=torch.from_numpy(rm).dtype), torch.ones(c, dtype=torch.from_numpy(rv).dtype)
+    running = mv.Tensor(rm.copy())  # a Tensor for the mean (its .data is updated), a bare array for var
+    for step in range(3):
+        arrays = [randn(*shape, dtype=dtype, seed=step) * (step + 1) + step, randn(c, dtype=dtype, seed=10),
+                  randn(c, dtype=dtype, seed=11)]
+        check_against_torch(lambda x, w, b: F.batch_norm(x, running, rv, w, b, True, 0.2, 1e-3),
+                            lambda x, w, b: TF.batch_norm(x, trm, trv, w, b, True, 0.2, 1e-3), arrays)
+        np.testing.assert_allclose(running.numpy(), trm.numpy(), **tol(dtype))
+        np.testing.assert_allclose(rv, trv.numpy(), **tol(dtype))
+    assert running.dtype == dtype and rv.dtype == dtype
+    # eval mode normalises with the running statistics
+    x = randn(*shape, dtype=dtype, seed=5)
+    check_against_torch(lambda x, w, b: F.batch_norm(x, running, rv, w, b, False),
+                        lambda x, w, b: TF.batch_norm(x, trm, trv, w, b, False), [x, randn(c, dtype=dtype),
+                                                                                  randn(c, dtype=dtype, seed=3)])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_gradcheck(training):
+    x, w, b = leaf(randn(3, 2, 2, 2)), leaf(randn(2, seed=1)), leaf(randn(2, seed=2))
+    rm, rv = np.array([0.3, -0.2]), np.array([0.5, 2.0])
+    assert mv.gradcheck(lambda x, w, b: F.batch_norm(x, None if training else rm, None if training else rv,
+                                                     w, b, training), x, w, b)
+    assert mv.gradcheck(lambda x: F.batch_norm(x, rm.copy(), rv.copy(), training=training), x)
+
+
+def test_batch_norm_errors():
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        F.batch_norm(mv.Tensor(randn(1, 3)), None, None, training=True)
+    with pytest.raises(ValueError, match=r"running_mean must have shape \(3,\)"):
+        F.batch_norm(mv.Tensor(randn(2, 3)), np.zeros(4), np.ones(3))
+    with pytest.raises(ValueError, match="needed when training=False"):
+        F.batch_norm(mv.Tensor(randn(2, 3)), None, None, training=False)
+
+
+# --- dropout, drop_path ------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_statistics_and_scaling(dtype):
+    p = 0.3
+    x = mv.Tensor(np.ones((200, 500), dtype), requires_grad=True)
+    y = F.dropout(x, p)
+    assert y.dtype == dtype
+    kept = y.numpy() != 0
+    assert abs(1 - kept.mean() - p) < 0.005  # 100k draws: std of the fraction is 0.0015
+    scale = np.asarray(1, dtype) / np.asarray(1 - p, dtype)  # torch's division, in the input's dtype
+    assert np.all(y.numpy()[kept] == scale)
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), y.numpy())  # the gradient goes through the same mask
+
+
+def test_dropout_eval_identity_edges_and_seed():
+    x = mv.Tensor(randn(4, 6))
+    assert F.dropout(x, 0.5, training=False) is x and F.dropout(x, 0.0) is x
+    assert np.all(F.dropout(x, 1.0).numpy() == 0)
+    mv.manual_seed(3)
+    a = F.dropout(x, 0.5).numpy()
+    mv.manual_seed(3)
+    np.testing.assert_array_equal(a, F.dropout(x, 0.5).numpy())
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
+        F.dropout(x, 1.5)
+
+
+@pytest.mark.parametrize("scale_by_keep", [True, False])
+def test_drop_path_drops_whole_samples(scale_by_keep):
+    x = mv.Tensor(np.ones((4000, 3, 2), np.float32), requires_grad=True)
+    y = F.drop_path(x, 0.25, training=True, scale_by_keep=scale_by_keep).numpy()
+    per_sample = y.reshape(4000, -1)
+    assert np.all(per_sample == per_sample[:, :1])  # each sample is dropped or kept as a whole
+    dropped = per_sample[:, 0] == 0
+    assert abs(dropped.mean() - 0.25) < 0.03
+    expected = np.float32(1) / np.float32(0.75) if scale_by_keep else 1
+    assert np.all(per_sample[~dropped] == expected)
+    assert F.drop_path(x, 0.25, training=False) is x and F.drop_path(x, 0.0, training=True) is x
+    mv.manual_seed(7)
+    a = F.drop_path(x, 0.5, training=True).numpy()
+    mv.manual_seed(7)
+    np.testing.assert_array_equal(a, F.drop_path(x, 0.5, training=True).numpy())
+
+
+# --- losses ------------------------------------------------------------------------------------
+CE_SHAPES = [((5, 4), (5,)), ((1, 3), (1,)), ((2, 4, 3), (2, 3)), ((2, 3, 2, 2), (2, 2, 2))]
+
+
+def class_targets(shape, c, seed=0, ignore=True):
+    t = np.random.default_rng(seed).integers(0, c, shape)
+    if ignore and t.size > 2:
+        t.reshape(-1)[1] = -100  # one ignored element
+    return t
+
+
+@pytest.mark.parametrize("shapes", CE_SHAPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_class_indices(shapes, reduction, smoothing, weighted, dtype):
+    xs, ts = shapes
+    c = xs[1]
+    w = np.linspace(0.5, 2, c).astype(dtype) if weighted else None
+    kw = dict(reduction=reduction, label_smoothing=smoothing)
+    arrays = [randn(*xs, dtype=dtype) * 2, class_targets(ts, c)]
+    out = check_against_torch(
+        lambda x, t: F.cross_entropy(x, t, None if w is None else mv.Tensor(w), **kw),
+        lambda x, t: TF.cross_entropy(x, t, None if w is None else torch.tensor(w), **kw), arrays)[0]
+    assert out.dtype == dtype
+    if dtype == np.float64 and smoothing and reduction != "none":
+        t = arrays[1]
+        assert mv.gradcheck(lambda x: F.cross_entropy(x, t, None if w is None else mv.Tensor(w), **kw),
+                            leaf(arrays[0]))
+
+
+@pytest.mark.parametrize("shapes", [((5, 4), None), ((2, 4, 3), None), ((2, 3, 2, 2), None)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_probability_targets(shapes, reduction, smoothing, weighted, dtype):
+    """Soft targets (mixup/cutmix labels); the target gets a gradient too."""
+    xs = shapes[0]
+    c = xs[1]
+    w = np.linspace(0.5, 2, c).astype(dtype) if weighted else None
+    kw = dict(reduction=reduction, label_smoothing=smoothing)
+    probs = np.random.default_rng(1).random(xs)
+    probs = (probs / probs.sum(axis=1, keepdims=True)).astype(dtype)
+    arrays = [randn(*xs, dtype=dtype) * 2, probs]
+    check_against_torch(lambda x, t: F.cross_entropy(x, t, None if w is None else mv.Tensor(w), **kw),
+                        lambda x, t: TF.cross_entropy(x, t, None if w is None else torch.tensor(w), **kw), arrays)
+    if dtype == np.float64 and reduction == "mean":
+        assert mv.gradcheck(lambda x, t: F.cross_entropy(x, t, None if w is None else mv.Tensor(w), **kw),
+                            *map(leaf, arrays))
+
+
+def test_cross_entropy_unbatched_and_all_ignored():
+    x = randn(4)
+    check_against_torch(lambda x: F.cross_entropy(x, np.array(2)), lambda x: TF.cross_entropy(x, torch.tensor(2)),
+                        [x])
+    out = F.cross_entropy(mv.Tensor(randn(2, 3)), np.array([-100, -100]), reduction="sum")
+    assert out.item() == 0
+
+
+def test_cross_entropy_errors():
+    x = mv.Tensor(randn(3, 4))
+    with pytest.raises(ValueError, match=r"target must have shape \(3,\)"):
+        F.cross_entropy(x, np.zeros((3, 1), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"target values must be in \[0, 4\)"):
+        F.cross_entropy(x, np.array([0, 4, 1]))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        F.cross_entropy(x, np.array([0, 1, 1]), reduction="avg")
+    with pytest.raises(ValueError, match=r"probability target must have the input's shape"):
+        F.cross_entropy(x, randn(3, 5))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nll_loss(reduction, weighted, dtype):
+    w = np.array([0.5, 1.0, 2.0], dtype) if weighted else None
+    logp = np.log(np.random.default_rng(0).dirichlet(np.ones(3), size=(4, 2))).transpose(0, 2, 1).astype(dtype)
+    arrays = [logp, class_targets((4, 2), 3)]
+    check_against_torch(lambda x, t: F.nll_loss(x, t, None if w is None else mv.Tensor(w), reduction=reduction),
+                        lambda x, t: TF.nll_loss(x, t, None if w is None else torch.tensor(w), reduction=reduction),
+                        arrays)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mse_loss(reduction, dtype):
+    arrays = [randn(3, 4, dtype=dtype), randn(3, 4, dtype=dtype, seed=1)]
+    check_against_torch(lambda a, b: F.mse_loss(a, b, reduction), lambda a, b: TF.mse_loss(a, b, reduction=reduction),
+                        arrays)

@@ -1,0 +1,242 @@
+"""minivolo.nn: Module bookkeeping, the layers against torch.nn, state_dict exchange, initialisation."""
+import math
+
+import numpy as np
+import pytest
+
+import minivolo as mv
+from minivolo import nn
+from minivolo.nn import init
+from oracle import tol, torch
+
+tnn = torch.nn
+
+
+def make_net(m):
+    """The same network in minivolo (m = minivolo.nn) or PyTorch (m = torch.nn):
+    Conv-BN-ReLU features, global average pool, LayerNorm, Linear head: (N, 3, H, W) -> (N, 5)."""
+    class Net(m.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = m.Sequential(m.Conv2d(3, 4, 3, padding=1), m.BatchNorm2d(4), m.ReLU())
+            self.norm = m.LayerNorm(4)
+            self.head = m.Linear(4, 5)
+
+        def forward(self, x):
+            return self.head(self.norm(self.features(x).mean(axis=(2, 3))))
+    return Net()
+
+
+def image(dtype, seed=0):
+    return np.random.default_rng(seed).standard_normal((2, 3, 5, 5)).astype(dtype)
+
+
+# --- Module bookkeeping ------------------------------------------------------------------------
+def test_names_match_torch():
+    model, tmodel = make_net(nn), make_net(tnn)
+    assert list(model.state_dict()) == list(tmodel.state_dict())
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in tmodel.named_parameters()]
+    assert [n for n, _ in model.named_buffers()] == [n for n, _ in tmodel.named_buffers()]
+    for (n, p), (_, tp) in zip(model.named_parameters(), tmodel.named_parameters()):
+        assert p.shape == tuple(tp.shape) and p.dtype == np.float32 and p.requires_grad, n
+    assert model.state_dict()["features.1.num_batches_tracked"].dtype == np.int64
+    assert model.state_dict()["features.1.num_batches_tracked"].shape == ()
+    assert model.num_parameters() == sum(p.numel() for p in tmodel.parameters())
+
+
+def test_train_eval_zero_grad_and_dtype():
+    model = make_net(nn)
+    assert all(m.training for m in model.modules())
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    model.train()
+    assert all(m.training for m in model.modules())
+    model(mv.Tensor(image(np.float32))).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    model.double()
+    assert all(p.dtype == np.float64 for p in model.parameters())
+    assert model.features[1].running_var.dtype == np.float64
+    assert model.features[1].num_batches_tracked.dtype == np.int64  # integers are not cast
+    assert model(mv.Tensor(image(np.float64))).dtype == np.float64
+
+
+def test_buffer_reassignment_keeps_it_a_buffer():
+    bn = nn.BatchNorm2d(2)
+    bn.running_mean = mv.Tensor(np.full(2, 3.0, np.float32))
+    assert "running_mean" in bn.state_dict() and bn.state_dict()["running_mean"][0] == 3
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_state_dict_round_trip_with_torch(dtype):
+    """minivolo -> torch gives the same outputs (train and eval); after torch trains a step, torch -> minivolo
+    gives the same outputs again."""
+    model = make_net(nn).to(dtype=dtype)
+    tmodel = make_net(tnn).to(torch.float64 if dtype == np.float64 else torch.float32)
+    tmodel.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    x = image(dtype)
+    for train in (True, False):
+        model.train(train), tmodel.train(train)
+        out, tout = model(mv.Tensor(x)), tmodel(torch.from_numpy(x))
+        np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), **tol(dtype))
+    for k, v in tmodel.state_dict().items():  # the running statistics moved identically
+        np.testing.assert_allclose(model.state_dict()[k], v.numpy(), **tol(dtype), err_msg=k)
+
+    tmodel.train()
+    optimizer = torch.optim.SGD(tmodel.parameters(), lr=0.5)
+    tmodel(torch.from_numpy(image(dtype, 1))).sum().backward()
+    optimizer.step()
+    model.load_state_dict(tmodel.state_dict())
+    for train in (True, False):
+        model.train(train), tmodel.train(train)
+        np.testing.assert_allclose(model(mv.Tensor(x)).numpy(), tmodel(torch.from_numpy(x)).detach().numpy(),
+                                   **tol(dtype))
+
+
+def test_load_state_dict_reports_every_problem_at_once():
+    model = make_net(nn)
+    state = model.state_dict()
+    del state["head.bias"]
+    state["head.extra"] = np.zeros(3)
+    state["norm.weight"] = np.zeros(7)
+    with pytest.raises(ValueError) as info:
+        model.load_state_dict(state)
+    message = str(info.value)
+    assert "'head.bias'" in message and "'head.extra'" in message and "norm.weight" in message
+    assert "(4,)" in message and "(7,)" in message
+
+
+# --- layers against torch.nn -------------------------------------------------------------------
+REPRS = [
+    (lambda m: m.Linear(3, 4), lambda m: m.Linear(3, 4, bias=False)),
+    (lambda m: m.Conv2d(3, 6, 3), lambda m: m.Conv2d(4, 6, (3, 1), stride=2, padding=1, dilation=2, groups=2,
+                                                     bias=False)),
+    (lambda m: m.Conv2d(3, 6, 3, padding="same"), lambda m: m.BatchNorm2d(5, momentum=None, bias=False)),
+    (lambda m: m.BatchNorm2d(5, affine=False, track_running_stats=False), lambda m: m.LayerNorm((4, 5), eps=1e-6)),
+    (lambda m: m.GELU(), lambda m: m.GELU("tanh")),
+    (lambda m: m.Dropout(0.1), lambda m: m.ReLU()),
+    (lambda m: m.Identity(), lambda m: m.AvgPool2d(3, 1, 1)),
+    (lambda m: m.AvgPool2d(2), lambda m: m.Softmax(dim=1)),
+]
+
+
+@pytest.mark.parametrize("make", [f for pair in REPRS for f in pair])
+def test_repr_and_parameters_match_torch(make):
+    ours, theirs = make(nn), make(tnn)
+    assert repr(ours) == repr(theirs)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+
+
+def test_drop_path_repr():
+    assert repr(nn.DropPath(0.1)) == "DropPath(drop_prob=0.100)"  # as timm
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("track", [True, False])
+def test_batchnorm2d_module_over_several_steps(momentum, track):
+    bn, tbn = nn.BatchNorm2d(3, momentum=momentum, track_running_stats=track), \
+        tnn.BatchNorm2d(3, momentum=momentum, track_running_stats=track)
+    for step in range(3):
+        x = np.random.default_rng(step).standard_normal((4, 3, 2, 2)).astype(np.float32) * (step + 1)
+        np.testing.assert_allclose(bn(mv.Tensor(x)).numpy(), tbn(torch.from_numpy(x)).detach().numpy(),
+                                   **tol(np.float32))
+    for k, v in tbn.state_dict().items():
+        np.testing.assert_allclose(bn.state_dict()[k], v.numpy(), **tol(np.float32), err_msg=k)
+    bn.eval(), tbn.eval()
+    np.testing.assert_allclose(bn(mv.Tensor(x)).numpy(), tbn(torch.from_numpy(x)).detach().numpy(),
+                               **tol(np.float32))
+
+
+def test_dropout_and_drop_path_modules_follow_the_mode():
+    x = mv.Tensor(np.ones((64, 8), np.float32))
+    for layer in (nn.Dropout(0.5), nn.DropPath(0.5)):
+        assert np.any(layer(x).numpy() == 0)
+        layer.eval()
+        assert layer(x) is x
+
+
+def test_avg_pool_module_matches_torch():
+    x = image(np.float32)
+    np.testing.assert_allclose(nn.AvgPool2d(3, 2, 1, count_include_pad=False)(mv.Tensor(x)).numpy(),
+                               tnn.AvgPool2d(3, 2, 1, count_include_pad=False)(torch.from_numpy(x)).numpy(),
+                               **tol(np.float32))
+
+
+# --- initialisation ----------------------------------------------------------------------------
+def normal_cdf(v):
+    return (1 + math.erf(v / math.sqrt(2))) / 2
+
+
+def truncated_normal_moments(mean, std, a, b):
+    """Mean and standard deviation of N(mean, std^2) truncated to [a, b]."""
+    alpha, beta = (a - mean) / std, (b - mean) / std
+    pdf = lambda v: math.exp(-v * v / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    z = normal_cdf(beta) - normal_cdf(alpha)
+    m = (pdf(alpha) - pdf(beta)) / z
+    var = 1 + (alpha * pdf(alpha) - beta * pdf(beta)) / z - m * m
+    return mean + std * m, std * math.sqrt(var)
+
+
+@pytest.mark.parametrize("mean,std,a,b", [(0.0, 0.02, -2.0, 2.0), (0.5, 1.0, -1.0, 1.5), (0.0, 1.0, 1.0, 3.0)])
+def test_trunc_normal_distribution(mean, std, a, b):
+    n = 200_000
+    x = init.trunc_normal_(mv.Tensor(np.empty(n, np.float32)), mean, std, a, b).numpy()
+    assert x.dtype == np.float32 and np.all((x >= a) & (x <= b))
+    m, s = truncated_normal_moments(mean, std, a, b)
+    assert abs(x.mean() - m) < 5 * s / math.sqrt(n)
+    assert abs(x.std() - s) < 0.01 * s
+    # the whole distribution: the empirical CDF within the 99.9% DKW band of the truncated normal's CDF
+    lo, hi = max(a, mean - 4 * std), min(b, mean + 4 * std)
+    points = np.linspace(lo, hi, 41)
+    low = normal_cdf((a - mean) / std)
+    expected = [(normal_cdf((p - mean) / std) - low) / (normal_cdf((b - mean) / std) - low) for p in points]
+    assert np.abs((x[:, None] <= points).mean(axis=0) - expected).max() < math.sqrt(math.log(2 / 1e-3) / (2 * n))
+
+
+def test_erfinv_is_accurate():
+    y = np.concatenate([np.linspace(-1, 1, 20001)[1:-1], 1 - np.logspace(-16, -1, 200), np.logspace(-300, -1, 50)])
+    np.testing.assert_allclose(init._erfinv(y), torch.erfinv(torch.from_numpy(y)).numpy(), rtol=2e-15, atol=0)
+    assert init._erfinv(np.array([-1.0, 1.0, 0.0])).tolist() == [-np.inf, np.inf, 0.0]
+
+
+@pytest.mark.parametrize("make,fan_in", [(lambda: nn.Linear(50, 30), 50), (lambda: nn.Conv2d(8, 16, 3, groups=2), 36)])
+def test_default_init_bounds(make, fan_in):
+    layer = make()
+    bound = 1 / math.sqrt(fan_in)  # kaiming_uniform_(a=sqrt 5) reduces to U(+-1/sqrt(fan_in))
+    for p in (layer.weight, layer.bias):
+        v = p.numpy()
+        assert np.all(np.abs(v) <= bound) and p.dtype == np.float32
+    w = layer.weight.numpy()
+    assert np.abs(w).max() > 0.9 * bound and abs(w.std() - bound / math.sqrt(3)) < 0.1 * bound
+
+
+def test_fans_gains_and_uniform_inits_match_torch():
+    for shape in [(30, 50), (16, 4, 3, 3), (6, 2, 5)]:
+        assert init._calculate_fan_in_and_fan_out(mv.Tensor(np.empty(shape))) == \
+            tnn.init._calculate_fan_in_and_fan_out(torch.empty(shape))
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        init._calculate_fan_in_and_fan_out(mv.Tensor(np.empty(3)))
+    for args in [("relu",), ("leaky_relu", 0.2), ("leaky_relu",), ("tanh",), ("linear",), ("selu",)]:
+        assert init.calculate_gain(*args) == pytest.approx(tnn.init.calculate_gain(*args))
+    t = mv.Tensor(np.empty((200, 300), np.float64))
+    bound = math.sqrt(6 / 500)
+    assert np.abs(init.xavier_uniform_(t).numpy()).max() <= bound and t.dtype == np.float64
+    bound = math.sqrt(2) * math.sqrt(3 / 300)
+    w = init.kaiming_uniform_(t, mode="fan_in", nonlinearity="relu").numpy()
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.99 * bound
+    assert np.all(init.constant_(t, 0.5).numpy() == 0.5) and np.all(init.zeros_(t).numpy() == 0)
+    assert np.all(init.ones_(t).numpy() == 1)
+    v = init.normal_(t, 1.0, 2.0).numpy()
+    assert abs(v.mean() - 1) < 0.05 and abs(v.std() - 2) < 0.05
+
+
+def test_manual_seed_gives_identical_parameters():
+    mv.manual_seed(123)
+    a = make_net(nn).state_dict()
+    mv.manual_seed(123)
+    b = make_net(nn).state_dict()
+    c = make_net(nn).state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["head.weight"], c["head.weight"])
