@@ -1,0 +1,330 @@
+"""VOLO against timm (the reference): same state_dict, same outputs, same gradients.
+
+Weights go timm -> state_dict -> NumPy -> our ``load_state_dict``; then both run the same input and
+backpropagate the same random weighting of their outputs, and every gradient is compared by name.
+"""
+import json
+
+import numpy as np
+import pytest
+
+import minivolo as mv
+from minivolo.models import (VOLO, OutlookAttention, create_model, list_models, load_pretrained,
+                             mix_token_lambda, read_safetensors, resize_pos_embed, save_npz, volo_d1_224,
+                             volo_nano, volo_tiny)
+from timm_shim import import_timm
+
+torch = pytest.importorskip("torch")
+
+RTOL = {np.float64: 1e-10, np.float32: 1e-5}   # a single block
+RTOL_NET = {np.float64: 1e-9, np.float32: 1e-4}  # a whole network
+
+# small configurations that still exercise every code path
+TINY = dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 32, 32), num_heads=(2, 4, 4, 4), patch_size=4,
+            stem_hidden_dim=8, img_size=32, num_classes=5)
+PATCH8 = dict(layers=(2, 1, 1, 1), embed_dims=(16, 24, 24, 24), num_heads=(2, 3, 3, 3), patch_size=8,
+              stem_hidden_dim=8, img_size=64, num_classes=7, qkv_bias=True, mlp_ratio=4., pooling_scale=2)
+
+
+@pytest.fixture(scope="module")
+def timm():
+    return import_timm()
+
+
+def torch_state(module) -> dict:
+    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+
+
+def assert_close(ours, ref, rtol: float, what: str):
+    """Relative to the tensor's scale, so that entries near zero do not need an absolute tolerance."""
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} != timm {ref.shape}"
+    np.testing.assert_allclose(ours, ref, rtol=rtol, atol=rtol * max(np.abs(ref).max(), 1e-30), err_msg=what)
+
+
+def twin(theirs, ours, dtype):
+    """Put ``theirs`` (torch) and ``ours`` in ``dtype`` with the same weights."""
+    theirs.to(torch.float64 if dtype == np.float64 else torch.float32)
+    ours.to(dtype=dtype)
+    ours.load_state_dict(torch_state(theirs))
+    return theirs, ours
+
+
+def backward_both(ours_out, theirs_out, seed=0):
+    """Backpropagate sum(out_i * w_i) with the same random w_i on both sides."""
+    rng = np.random.default_rng(seed)
+    loss_ours, loss_theirs = 0, 0
+    for m, t in zip(ours_out, theirs_out):
+        w = rng.standard_normal(m.shape).astype(m.dtype)
+        loss_ours = loss_ours + (m * mv.Tensor(w)).sum()
+        loss_theirs = loss_theirs + (t * torch.from_numpy(w)).sum()
+    loss_ours.backward()
+    loss_theirs.backward()
+
+
+def assert_grads_match(ours, theirs, rtol):
+    theirs_params = dict(theirs.named_parameters())
+    names = [n for n, _ in ours.named_parameters()]
+    assert names == list(theirs_params), "parameter names differ"
+    for name, p in ours.named_parameters():
+        ref = theirs_params[name].grad
+        assert ref is not None, name
+        assert p.grad is not None, f"{name}: no gradient"
+        assert_close(p.grad.numpy(), ref.numpy(), rtol, f"gradient of {name}")
+
+
+def inputs(shape, dtype, seed=1):
+    x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    return mv.Tensor(x, requires_grad=True), torch.from_numpy(x.copy()).requires_grad_(True)
+
+
+# --- (a) outlook attention ----------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dim,heads,k,p,s,H,W,bias", [
+    (8, 1, 3, 1, 1, 5, 6, False),
+    (12, 3, 3, 1, 2, 7, 6, True),
+    (16, 4, 5, 2, 2, 8, 9, False),
+    (12, 2, 5, 2, 1, 6, 5, True),
+    (16, 2, 3, 1, 2, 4, 4, False),
+])
+def test_outlook_attention_matches_timm(timm, dtype, dim, heads, k, p, s, H, W, bias):
+    from timm.models.volo import OutlookAttention as TimmOutlookAttention
+    theirs, ours = twin(TimmOutlookAttention(dim, heads, kernel_size=k, padding=p, stride=s, qkv_bias=bias),
+                        OutlookAttention(dim, heads, kernel_size=k, padding=p, stride=s, qkv_bias=bias), dtype)
+    x, xt = inputs((2, H, W, dim), dtype)
+    out, out_t = ours(x), theirs(xt)
+    assert_close(out.numpy(), out_t.detach().numpy(), RTOL[dtype], "output")
+    backward_both([out], [out_t])
+    assert_close(x.grad.numpy(), xt.grad.numpy(), RTOL[dtype], "input gradient")
+    assert_grads_match(ours, theirs, RTOL[dtype])
+
+
+def test_outlook_attention_rejects_bad_geometry():
+    with pytest.raises(ValueError, match="kernel_size=3, padding=0, stride=1"):
+        OutlookAttention(8, 2, kernel_size=3, padding=0, stride=1)(mv.Tensor(np.zeros((1, 5, 5, 8))))
+
+
+# --- (b) whole small networks -------------------------------------------------------------------------
+@pytest.mark.parametrize("cfg", [TINY, PATCH8], ids=["tiny", "patch8"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_volo_eval_logits_match_timm(timm, cfg, dtype):
+    theirs, ours = twin(timm.models.volo.VOLO(**cfg).eval(), VOLO(**cfg).eval(), dtype)
+    x, xt = inputs((3, 3, cfg["img_size"], cfg["img_size"]), dtype)
+    with torch.no_grad():
+        ref = theirs(xt).numpy()
+    with mv.no_grad():
+        assert_close(ours(x).numpy(), ref, RTOL_NET[dtype], "eval logits")
+        assert_close(ours.forward_train(x).numpy(), ref, RTOL_NET[dtype], "eval forward_train")
+
+
+@pytest.mark.parametrize("cfg,mix", [(TINY, False), (TINY, True), (PATCH8, True)],
+                         ids=["tiny", "tiny-mix", "patch8-mix"])
+def test_volo_train_step_matches_timm(timm, monkeypatch, cfg, mix):
+    """Train mode (BatchNorm on batch statistics, drop rates 0): outputs, aux outputs, every gradient and
+    the BatchNorm running statistics agree; with mix-token both use the same fixed box."""
+    dtype = np.float64
+    cfg = dict(cfg, use_mix_token=mix)
+    theirs, ours = twin(timm.models.volo.VOLO(**cfg).train(), VOLO(**cfg).train(), dtype)
+    box = (1, 0, 3, 2) if mix else None
+    if mix:
+        monkeypatch.setattr(timm.models.volo, "rand_bbox", lambda size, lam, scale=1: box)
+    x, xt = inputs((3, 3, cfg["img_size"], cfg["img_size"]), dtype)
+    cls, aux, bbox = ours.forward_train(x, bbox=box)
+    feats_t, aux_t, bbox_t = theirs.forward_train(xt)
+    cls_t = theirs.head(feats_t)  # timm 1.0.31's forward_train returns the class token before the head
+    assert bbox == tuple(bbox_t) == (box or (0, 0, 0, 0))
+    assert_close(cls.numpy(), cls_t.detach().numpy(), RTOL_NET[dtype], "class logits")
+    assert_close(aux.numpy(), aux_t.detach().numpy(), RTOL_NET[dtype], "aux logits")
+    backward_both([cls, aux], [cls_t, aux_t])
+    assert_close(x.grad.numpy(), xt.grad.numpy(), RTOL_NET[dtype], "input gradient")
+    assert_grads_match(ours, theirs, RTOL_NET[dtype])
+    ref_state = torch_state(theirs)
+    for name, value in ours.state_dict().items():
+        assert_close(value, ref_state[name], RTOL_NET[dtype], name)
+
+
+def test_mix_token_draws_a_box_and_lambda():
+    mv.manual_seed(3)
+    model = VOLO(**dict(TINY, use_mix_token=True)).train()
+    x = mv.Tensor(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    grid = (4, 4)  # 32 px / patch 4 / pooling 2
+    boxes = {model.forward_train(x)[2] for _ in range(3)}
+    for bbx1, bby1, bbx2, bby2 in boxes:
+        assert 0 <= bbx1 <= bbx2 <= grid[0] and 0 <= bby1 <= bby2 <= grid[1]
+    assert mix_token_lambda((1, 0, 3, 2), grid) == model.mix_token_lambda((1, 0, 3, 2)) == 1 - 4 / 16
+    with pytest.raises(ValueError, match="bbox"):
+        model.eval().forward_train(x, bbox=(0, 0, 1, 1))
+    with pytest.raises(ValueError, match="pooled token grid"):
+        model.train().forward_train(x, bbox=(0, 0, 5, 1))
+
+
+# --- (c) VOLO-D1 at 224 -------------------------------------------------------------------------------
+def test_volo_d1_224_matches_timm(timm):
+    theirs = timm.create_model("volo_d1_224", pretrained=False).eval()
+    ours = volo_d1_224().eval()
+    ref_state = torch_state(theirs)
+    state = ours.state_dict()
+    assert [(k, v.shape) for k, v in state.items()] == [(k, v.shape) for k, v in ref_state.items()]
+    assert len(state) == 260
+    assert ours.num_parameters() == sum(p.numel() for p in theirs.parameters()) == 26_632_040
+    ours.load_state_dict(ref_state)
+    x, xt = inputs((1, 3, 224, 224), np.float32)
+    with torch.no_grad():
+        ref = theirs(xt).numpy()
+    with mv.no_grad():
+        assert_close(ours(x).numpy(), ref, 1e-4, "VOLO-D1 logits")
+
+
+# --- (d) parameter counts of D1..D5 -------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["volo_d1_224", "volo_d2_224", "volo_d3_224", "volo_d4_224", "volo_d5_224"])
+def test_parameter_shapes_match_timm(timm, monkeypatch, name):
+    """Shapes only: timm builds on the meta device, ours without drawing random weights."""
+    for fn in ("trunc_normal_", "kaiming_uniform_", "uniform_", "normal_"):
+        monkeypatch.setattr(mv.nn.init, fn, lambda t, *a, **k: t)
+    with torch.device("meta"):
+        theirs = timm.create_model(name)
+    ours = create_model(name)
+    shapes = {k: tuple(v.shape) for k, v in [*ours.named_parameters(), *ours.named_buffers()]}
+    assert shapes == {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    assert ours.num_parameters() == sum(p.numel() for p in theirs.parameters())
+
+
+def test_registry_and_small_presets():
+    names = list_models()
+    for name in ("volo_d1", "volo_d5", "volo_d1_224", "volo_d1_384", "volo_d3_448", "volo_d5_512",
+                 "volo_tiny", "volo_nano"):
+        assert name in names
+    with pytest.raises(ValueError, match="unknown model 'volo_d9'.*volo_d1"):
+        create_model("volo_d9")
+    assert create_model("volo_d1_384", num_classes=0).pos_embed.shape == (1, 24, 24, 384)
+    tiny, nano = volo_tiny(), volo_nano(in_chans=1, num_classes=7, img_size=28)
+    assert 0.9e6 < tiny.num_parameters() < 1.1e6
+    assert nano.num_parameters() < 0.3e6
+    assert nano(mv.Tensor(np.zeros((2, 1, 28, 28), np.float32))).shape == (2, 7)
+    with pytest.raises(ValueError, match="does not download"):
+        volo_tiny(pretrained=True)
+
+
+# --- (e) bad inputs -----------------------------------------------------------------------------------
+def test_bad_inputs_raise_clear_errors():
+    model = VOLO(**TINY)
+    with pytest.raises(ValueError, match=r"expected image 32x32 \(img_size\), got 40x48"):
+        model(mv.Tensor(np.zeros((1, 3, 40, 48), np.float32)))
+    with pytest.raises(ValueError, match=r"expected 3 input channels \(in_chans\), got 1"):
+        model(mv.Tensor(np.zeros((1, 1, 32, 32), np.float32)))
+    with pytest.raises(ValueError, match=r"4-D image batch \(B, C, H, W\), got shape \(3, 32, 32\)"):
+        model(mv.Tensor(np.zeros((3, 32, 32), np.float32)))
+    with pytest.raises(ValueError, match="patch_size must be 4, 8 or 16, got 2"):
+        VOLO(**dict(TINY, patch_size=2))
+
+
+def test_state_dict_from_another_config_is_rejected(timm):
+    state = torch_state(timm.models.volo.VOLO(**PATCH8))
+    with pytest.raises(ValueError) as err:
+        VOLO(**TINY).load_state_dict(state)
+    msg = str(err.value)
+    assert "network.1.proj.weight: expected shape (32, 16, 2, 2), got (24, 16, 2, 2)" in msg
+    assert "unexpected key 'network.0.1.norm1.weight'" in msg
+    assert "network.0.0.attn.v.bias" in msg  # PATCH8 has qkv_bias
+
+
+# --- (f) checkpoints ----------------------------------------------------------------------------------
+SAFETENSORS_CODES = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2"): "F16",
+                     np.dtype("<i8"): "I64", np.dtype("<i4"): "I32", np.dtype("u1"): "U8"}
+
+
+def write_safetensors(path, tensors: dict) -> None:
+    """A minimal writer (the format: 8-byte LE header length, JSON header, raw LE data).
+    Values are arrays, or ("BF16", uint16 array) for bfloat16 bit patterns."""
+    header, chunks, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for name, value in tensors.items():
+        code, arr = value if isinstance(value, tuple) else (SAFETENSORS_CODES[value.dtype], value)
+        raw = np.ascontiguousarray(arr).tobytes()
+        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(len(head).to_bytes(8, "little") + head + b"".join(chunks))
+
+
+def test_safetensors_dtypes(tmp_path):
+    rng = np.random.default_rng(0)
+    f32 = rng.standard_normal((3, 4)).astype(np.float32)
+    bf16_bits = (f32.view(np.uint32) >> 16).astype(np.uint16)
+    arrays = {"f64": rng.standard_normal(5), "f32": f32, "f16": f32.astype(np.float16),
+              "i64": np.arange(6, dtype=np.int64).reshape(2, 3), "i32": np.array([-1, 7], np.int32),
+              "u8": np.array([0, 255], np.uint8), "scalar": np.array(2.5, np.float32)}
+    write_safetensors(tmp_path / "a.safetensors", {**arrays, "bf16": ("BF16", bf16_bits)})
+    back = read_safetensors(str(tmp_path / "a.safetensors"))
+    for name, arr in arrays.items():
+        assert back[name].dtype == arr.dtype and back[name].shape == arr.shape
+        np.testing.assert_array_equal(back[name], arr)
+    np.testing.assert_array_equal(back["bf16"], (bf16_bits.astype(np.uint32) << 16).view(np.float32))
+
+
+def test_load_pretrained_round_trips(timm, tmp_path):
+    theirs = timm.models.volo.VOLO(**TINY).eval()
+    ref_state = torch_state(theirs)
+    sd = theirs.state_dict()
+    torch.save(sd, tmp_path / "plain.pth")
+    torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 3}, tmp_path / "wrapped.pth.tar")
+    write_safetensors(tmp_path / "w.safetensors", ref_state)
+    for name in ("plain.pth", "wrapped.pth.tar", "w.safetensors"):
+        ours = VOLO(**TINY)
+        load_pretrained(ours, str(tmp_path / name))
+        for k, v in ours.state_dict().items():
+            np.testing.assert_array_equal(v, ref_state[k], err_msg=f"{name}: {k}")
+    save_npz(ours, tmp_path / "ours.npz")
+    again = VOLO(**TINY).eval()
+    load_pretrained(again, str(tmp_path / "ours.npz"))
+    x, xt = inputs((2, 3, 32, 32), np.float32)
+    with torch.no_grad():
+        ref = theirs(xt).numpy()
+    with mv.no_grad():
+        assert_close(again(x).numpy(), ref, 1e-4, "logits after .pth -> .npz -> model")
+
+
+def test_load_pretrained_resizes_pos_embed(timm, tmp_path):
+    from timm.layers import resample_abs_pos_embed
+    small = timm.models.volo.VOLO(**TINY)  # pos_embed grid 4x4
+    torch.save(small.state_dict(), tmp_path / "small.pth")
+    ours = VOLO(**dict(TINY, img_size=64))  # grid 8x8
+    load_pretrained(ours, str(tmp_path / "small.pth"))
+    pos = small.pos_embed.detach()
+    # timm's helper defaults to antialias=True, which for bicubic means another kernel (PIL's, a = -0.5)
+    # even when upsampling; plain bicubic (a = -0.75, as F.interpolate) is antialias=False
+    ref = resample_abs_pos_embed(pos.reshape(1, 16, -1), new_size=(8, 8), old_size=(4, 4), num_prefix_tokens=0,
+                                 interpolation="bicubic", antialias=False).reshape(1, 8, 8, -1)
+    assert_close(ours.pos_embed.numpy(), ref.numpy(), 1e-6, "resized pos_embed")
+    # non-square, through the public helper, against torch's own interpolate
+    out = resize_pos_embed(pos.numpy(), (6, 3))
+    ref = torch.nn.functional.interpolate(pos.permute(0, 3, 1, 2), size=(6, 3), mode="bicubic",
+                                          align_corners=False).permute(0, 2, 3, 1)
+    assert_close(out, ref.numpy(), 1e-6, "resize_pos_embed (6, 3)")
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".npz"])
+def test_truncated_checkpoint_raises(timm, tmp_path, suffix):
+    theirs = timm.models.volo.VOLO(**TINY)
+    path = tmp_path / f"full{suffix}"
+    if suffix == ".pth":
+        torch.save(theirs.state_dict(), path)
+    elif suffix == ".safetensors":
+        write_safetensors(path, torch_state(theirs))
+    else:
+        np.savez(path, **torch_state(theirs))
+    blob = path.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(blob[:len(blob) // 2])
+    with pytest.raises(ValueError, match=f"cut{suffix}"):
+        load_pretrained(VOLO(**TINY), str(cut))
+
+
+def test_load_pretrained_reports_wrong_config(timm, tmp_path):
+    torch.save(timm.models.volo.VOLO(**PATCH8).state_dict(), tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"network.1.proj.weight: expected shape \(32, 16, 2, 2\)"):
+        load_pretrained(VOLO(**TINY), str(tmp_path / "other.pth"))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_pretrained(VOLO(**TINY), str(tmp_path / "missing.pth"))
