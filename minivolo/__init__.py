@@ -4,4 +4,6 @@ from .gradcheck import GradcheckError, gradcheck
 from .tensor import (Tensor, abs, cat, concatenate, exp, is_grad_enabled, log, maximum, no_grad, sqrt,
                      stack, tanh, tensor, where)
 
+from . import functional, nn  # noqa: E402  (after Tensor: they build on it)
+
 __version__ = "0.1.0"

@@ -112,17 +112,3 @@ def generator(device: str = "cpu"):
         _generators[device] = (np.random.default_rng() if device == "cpu"
                                else _cupy.random.default_rng())
     return _generators[device]
-
-
-def get_rng_state() -> dict:
-    """The state of every generator, as plain Python data (fit for a checkpoint)."""
-    state = {"cpu": generator("cpu").bit_generator.state}
-    if "cuda" in _generators:  # pragma: no cover - GPU only
-        state["cuda"] = _generators["cuda"].bit_generator.state
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    generator("cpu").bit_generator.state = state["cpu"]
-    if "cuda" in state and cuda_available():  # pragma: no cover - GPU only
-        generator("cuda").bit_generator.state = state["cuda"]

@@ -192,7 +192,7 @@ def _load_cifar(root: Path, train: bool, cifar100: bool) -> ArrayDataset:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def _read_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
     """One image file -> (C, H, W) uint8; greyscale stays 1 channel, alpha is dropped."""
     from matplotlib.image import imread  # imported here: only imagefolder needs matplotlib
 
@@ -220,7 +220,7 @@ def _load_imagefolder(root: Path) -> ArrayDataset:
                                 f"under {root}, found none")
     images = []
     for path, _ in files:
-        img = _read_image(path)
+        img = read_image(path)
         if images and img.shape != images[0].shape:
             c, h, w = images[0].shape
             raise ValueError(f"all images must have the same size: {files[0][0]} is {h}x{w} with {c} "

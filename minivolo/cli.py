@@ -1,0 +1,209 @@
+"""The command line: ``python -m minivolo train | evaluate | predict | info | bench``.
+
+Bad option values are argparse errors (usage + message, exit 2); user errors found later (a missing
+file, a corrupt checkpoint, an unavailable device) print ``error: ...`` and exit 2 as well.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from typing import Sequence
+
+from . import backend
+from .datasets import DATASETS
+
+EXAMPLES = """examples:
+  python -m minivolo train                              # volo_tiny on the bundled Fashion-MNIST subset
+  python -m minivolo train --epochs 1 --max-train 512   # a quick smoke run
+  python -m minivolo train --resume runs/volo_tiny-20250101-120000
+  python -m minivolo evaluate runs/NAME/best.npz
+  python -m minivolo predict runs/NAME/best.npz shirt.png --topk 3
+  python -m minivolo info volo_d1
+"""
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a value > 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a float, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a value >= 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1), got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train import TrainConfig
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m minivolo", epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="VOLO (Vision Outlooker) from scratch on NumPy/CuPy.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model (or resume a run)",
+                       description="Train a model; every option defaults to minivolo.train.TrainConfig. "
+                                   "Writes OUT/NAME/{config.json,metrics.csv,curves.png,last.npz,best.npz}.")
+    add = t.add_argument  # default None everywhere: unset options keep TrainConfig's value
+    add("--model", help=f"model name, see `info` (default: {d.model})")
+    add("--dataset", choices=DATASETS, help=f"dataset (default: {d.dataset})")
+    add("--data-dir", help="folder of the dataset (default: its standard location; the bundled subset "
+                           "for fashion-mnist-subset)")
+    add("--img-size", type=_positive(int), help="image size (default: the model's)")
+    add("--epochs", type=_positive(int), help=f"epochs (default: {d.epochs})")
+    add("--batch-size", type=_positive(int), help=f"batch size (default: {d.batch_size})")
+    add("--lr", type=_positive(float), help=f"peak AdamW learning rate (default: {d.lr})")
+    add("--min-lr", type=_non_negative_float, help=f"learning rate at the end of the cosine (default: {d.min_lr})")
+    add("--weight-decay", type=_non_negative_float, help=f"AdamW weight decay (default: {d.weight_decay})")
+    add("--warmup-epochs", type=_non_negative_float,
+        help=f"linear warm-up length in epochs, may be fractional (default: {d.warmup_epochs})")
+    add("--label-smoothing", type=_fraction, help=f"label smoothing (default: {d.label_smoothing})")
+    add("--drop-path", type=_fraction, help=f"stochastic depth rate (default: {d.drop_path})")
+    add("--clip-grad", type=_positive(float), help="clip the gradient norm to this value (default: off)")
+    add("--no-augment", dest="augment", action="store_false", default=None,
+        help="no random crop / flip")
+    add("--seed", type=int, help=f"random seed (default: {d.seed})")
+    add("--device", choices=backend.DEVICES, help=f"device (default: {d.device})")
+    add("--out", help=f"folder of the run folders (default: {d.out})")
+    add("--name", help="run folder name (default: MODEL-DATE-TIME)")
+    add("--max-train", type=_positive(int), help="use only the first N training images")
+    add("--max-test", type=_positive(int), help="use only the first N test images")
+    add("--resume", metavar="RUN_OR_CKPT",
+        help="continue a run (its folder or a checkpoint) with its saved config; only --device may change")
+    add("--quiet", dest="progress", action="store_false", default=None, help="no progress output")
+
+    e = sub.add_parser("evaluate", help="accuracy and confusion matrix of a checkpoint",
+                       description="Evaluate a checkpoint on a test split; writes confusion.png next to it.")
+    e.add_argument("checkpoint", help="a .npz checkpoint or a run folder (its last.npz)")
+    e.add_argument("--dataset", choices=DATASETS, help="dataset (default: the one trained on)")
+    e.add_argument("--data-dir", help="folder of the dataset")
+    e.add_argument("--device", choices=backend.DEVICES, default="cpu", help="device (default: cpu)")
+    e.add_argument("--out", help="folder for confusion.png (default: the checkpoint's folder)")
+
+    p = sub.add_parser("predict", help="classify image files",
+                       description="Top-k classes of images (.png/.jpg, or .npy arrays (H,W), (C,H,W) or "
+                                   "(H,W,C)); images are padded/cropped to the model's size.")
+    p.add_argument("checkpoint", help="a .npz checkpoint or a run folder (its last.npz)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--topk", type=_positive(int), default=5, help="classes to show (default: 5)")
+    p.add_argument("--device", choices=backend.DEVICES, default="cpu", help="device (default: cpu)")
+
+    i = sub.add_parser("info", help="parameter counts of the models",
+                       description="Parameter count of each model (all models when none is named).")
+    i.add_argument("models", nargs="*", metavar="MODEL")
+
+    b = sub.add_parser("bench", help="run benchmarks", description="Run benchmarks (all when none is named).")
+    b.add_argument("names", nargs="*", metavar="NAME")
+    return parser
+
+
+def _train(args) -> None:
+    from .train import train
+    options = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "resume")}
+    if args.resume is not None:
+        train(resume=args.resume, **options)
+    else:
+        train(**options)
+
+
+def _evaluate(args) -> None:
+    from .train import evaluate
+    r = evaluate(args.checkpoint, args.dataset, args.data_dir, args.device, out=args.out)
+    print(f"accuracy {r['accuracy']:.4f} ({r['accuracy']:.2%}), loss {r['loss']:.4f} "
+          f"on {int(r['confusion'].sum())} images")
+    print(f"confusion matrix: {r['figure']}")
+
+
+def _predict(args) -> None:
+    from .train import predict
+    for image, top in zip(args.images, predict(args.checkpoint, args.images, args.topk, args.device)):
+        print(f"{image}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
+
+
+@contextlib.contextmanager
+def _skip_init():
+    """Build models without drawing their initial weights (torch's ``skip_init`` idea).
+
+    Parameters are allocated with ``empty`` and every ``nn.init`` fill function becomes a no-op while
+    this is active; untouched, the arrays cost neither time nor resident memory, so counting
+    VOLO-D5's 295M parameters takes milliseconds. Only for shapes and counts: the weights are garbage.
+    """
+    from .nn import init
+    fills = {name: getattr(init, name) for name in init.__all__ if name.endswith("_")}
+    try:
+        for name in fills:
+            setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in fills.items():
+            setattr(init, name, fn)
+
+
+def _info(args) -> None:
+    from .models import create_model, list_models
+    for name in args.models or list_models():
+        with _skip_init():
+            n = create_model(name).num_parameters()
+        print(f"{name}: {n:,} parameters ({n / 1e6:.1f}M)")
+
+
+def _bench(args) -> None:
+    from . import bench
+    bench.run(args.names or None)
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "info": _info, "bench": _bench}
+
+
+def _check_names(parser, args) -> None:
+    """Model names are checked here, not with choices=, so that --help does not import the model zoo."""
+    names = args.models if args.command == "info" else ([args.model] if args.command == "train" and args.model
+                                                        else [])
+    if names:
+        from .models import list_models
+        known = list_models()
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            parser.error(f"unknown model {unknown[0]!r}; known: {', '.join(known)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_names(parser, args)
+    try:
+        if getattr(args, "device", None) is not None:
+            backend.array_module(args.device)  # raises RuntimeError when the GPU is not usable
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        COMMANDS[args.command](args)
+    except (OSError, ValueError) as e:  # missing files, corrupt checkpoints, bad configs
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.command == "train":
+            print("\ninterrupted; `train --resume RUN_DIR` continues from the last finished epoch", file=sys.stderr)
+        return 130
+    return 0

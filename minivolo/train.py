@@ -1,0 +1,517 @@
+"""The training loop, checkpoints, metrics and plots; evaluation and prediction from a checkpoint.
+
+    train(config, resume=None, **overrides)  -> {"run_dir", "metrics", "best_acc", "model"}
+    load_checkpoint(path)                    -> the saved tree (the one reader of checkpoints)
+    evaluate(checkpoint, ...)                -> accuracy, loss, confusion matrix (and confusion.png)
+    predict(checkpoint, images, topk)        -> top-k classes with probabilities per image
+
+A run lives in ``<out>/<name>/``: ``config.json``, ``metrics.csv`` (one row per epoch), ``curves.png``,
+``last.npz`` (after every epoch) and ``best.npz`` (best test accuracy so far). Every file is written
+atomically (a temporary file in the same folder, fsync, ``os.replace``): a crash mid-write leaves the
+previous version intact.
+
+A checkpoint is an ``.npz`` file that loads with ``allow_pickle=False``: every array is an entry
+(``model/<state_dict name>``, ``optimizer/state/<i>/<name>``), everything else (epoch, config, metrics,
+scheduler, class names, normalisation) is one JSON string in the entry ``meta``, where arrays
+appear as ``{"__array__": "<entry name>"}``.
+
+Resuming is bit for bit: everything random in epoch e is a function of (seed, e) alone (the data order
+and augmentation, see ``DataLoader``; dropout, drop-path and mix-token boxes, because minivolo's
+generators are re-seeded from (seed, e) at the start of each epoch), and the checkpoint restores the
+weights, the optimizer moments and the schedule position. Re-seeding, rather than saving the
+generators' state, works the same on every device (a GPU generator's state lives on the GPU).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import time
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from tqdm import tqdm
+
+from . import backend
+from . import functional as F
+from .datasets import (ArrayDataset, Compose, DataLoader, Normalize, RandomCrop, RandomHorizontalFlip, Resize,
+                       read_image, load_dataset)
+from .models import create_model
+from .optim import AdamW, CosineWarmup, clip_grad_norm_, param_groups_weight_decay
+from .tensor import Tensor, no_grad
+
+CHECKPOINT_FORMAT = "minivolo-checkpoint-1"
+METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run depends on; saved in ``config.json`` and in every checkpoint.
+
+    The defaults train ``volo_tiny`` on the bundled Fashion-MNIST subset (10,000 train / 2,000 test
+    images, 28x28 padded to the model's 32x32): 86.8% test accuracy in about 6 minutes on 2 CPU cores.
+    Measured alternatives (same data, 2 cores): 10 epochs at lr 2e-3 reach 82.4%, 20 at 2e-3 84.1%,
+    15 at 1e-3 85.9%; without augmentation, 10 epochs at 1e-3 reach 86.6% (train 96.6%: overfitting).
+    """
+    model: str = "volo_tiny"
+    dataset: str = "fashion-mnist-subset"
+    data_dir: str | None = None        # None: the dataset's default location
+    img_size: int | None = None        # None: the model's default; images are padded/cropped to it
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3                   # peak learning rate of AdamW, reached after the warm-up
+    min_lr: float = 1e-5               # end of the cosine
+    warmup_lr: float = 1e-6            # start of the warm-up (the official recipe's --warmup-lr)
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05         # not on biases, norms, pos_embed, cls_token
+    label_smoothing: float = 0.1
+    drop_path: float = 0.0
+    clip_grad: float | None = None     # max gradient norm; None: no clipping
+    augment: bool = True               # random crop (padding 2) + horizontal flip
+    seed: int = 0
+    device: str = "cpu"
+    out: str = "runs"
+    name: str | None = None            # None: "<model>-<date>-<time>"
+    max_train: int | None = None       # use only the first N training images (quick runs, tests)
+    max_test: int | None = None
+    eval_batch_size: int = 256
+    progress: bool = True              # progress bars and one line per epoch on the terminal
+
+    def validate(self) -> "TrainConfig":
+        positive = dict(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                        eval_batch_size=self.eval_batch_size)
+        for key, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{key} must be > 0, got {value}")
+        for key in ("weight_decay", "warmup_epochs", "min_lr", "warmup_lr", "drop_path"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise ValueError(f"clip_grad must be > 0 (or None for no clipping), got {self.clip_grad}")
+        for key in ("max_train", "max_test", "img_size"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        backend.array_module(self.device)  # raises on an unknown or unavailable device
+        return self
+
+
+# --- files: atomic writes and the one checkpoint reader ---------------------------------------------
+def _atomic_write(path: Path, write: Callable) -> None:
+    """``write(f)`` into a temporary file next to ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"cannot store {type(o).__name__} in a checkpoint")
+
+
+def _pack(tree, name: str, arrays: dict):
+    """Move the arrays of a nested dict/list into ``arrays`` (entry -> host array); JSON-able rest."""
+    if backend.is_array(tree):
+        arrays[name] = backend.to_numpy(tree)
+        return {"__array__": name}
+    if isinstance(tree, dict):
+        return {str(k): _pack(v, f"{name}/{k}" if name else str(k), arrays) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_pack(v, f"{name}/{i}" if name else str(i), arrays) for i, v in enumerate(tree)]
+    return tree
+
+
+def _unpack(tree, arrays: dict):
+    if isinstance(tree, dict):
+        if set(tree) == {"__array__"}:
+            return arrays[tree["__array__"]]
+        return {k: _unpack(v, arrays) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_unpack(v, arrays) for v in tree]
+    return tree
+
+
+def save_checkpoint(path: str | Path, tree: dict) -> None:
+    """Write ``tree`` (nested dicts/lists of arrays and JSON values) as an ``.npz``, atomically."""
+    arrays: dict = {}
+    meta = _pack({"format": CHECKPOINT_FORMAT, **tree}, "", arrays)
+    entries = {**arrays, "meta": np.array(json.dumps(meta, default=_json_default))}
+    _atomic_write(Path(path), lambda f: np.savez(f, **entries))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """The tree saved by ``save_checkpoint``; ``path`` may be a run directory (its ``last.npz``).
+
+    Raises FileNotFoundError when there is no such file, ValueError naming the file when it is
+    truncated, corrupt or not a minivolo checkpoint.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "last.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays.pop("meta")[()]))
+        if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"expected format {CHECKPOINT_FORMAT!r}")
+        return _unpack(meta, arrays)
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, OSError, TypeError) as e:
+        raise ValueError(f"{path}: not a readable minivolo checkpoint (truncated or corrupt?): "
+                         f"{type(e).__name__}: {e}") from e
+
+
+# --- data ------------------------------------------------------------------------------------------
+def _subset(ds: ArrayDataset, n: int | None) -> ArrayDataset:
+    return ds if n is None or n >= len(ds) else ArrayDataset(ds.images[:n], ds.labels[:n], ds.classes)
+
+
+def _eval_transform(data: dict) -> Compose:
+    """The preprocessing of evaluation and prediction: pad/crop to img_size, normalise."""
+    return Compose([Resize(data["img_size"]), Normalize(data["mean"], data["std"])])
+
+
+def _train_transform(data: dict, augment: bool) -> Compose:
+    if not augment:
+        return _eval_transform(data)
+    size = data["img_size"]
+    return Compose([Resize(size), RandomCrop(size, padding=2), RandomHorizontalFlip(),
+                    Normalize(data["mean"], data["std"])])
+
+
+# --- model -----------------------------------------------------------------------------------------
+def _build_model(config: TrainConfig, num_classes: int, in_chans: int):
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=config.drop_path)
+    if config.img_size is not None:
+        kwargs["img_size"] = config.img_size
+    return create_model(config.model, **kwargs)
+
+
+def _model_img_size(model, config: TrainConfig) -> int:
+    if config.img_size is not None:
+        return config.img_size
+    size = getattr(model, "img_size", None)
+    if size is None:
+        raise ValueError(f"model {config.model!r} does not say its img_size; set img_size in the config")
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def model_from_checkpoint(ckpt: dict, device: str = "cpu"):
+    """The trained model saved in ``ckpt`` (from ``load_checkpoint``), in eval mode on ``device``."""
+    config, data = TrainConfig(**ckpt["config"]), ckpt["data"]
+    model = _build_model(config, len(data["classes"]), data["in_chans"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+# --- one epoch -------------------------------------------------------------------------------------
+def _loss(model, x, y, label_smoothing: float):
+    """Cross-entropy with label smoothing on ``model(x)``: for VOLO ``head(cls) + 0.5 * max aux_head``.
+
+    This is what timm trains when no token-labeling teacher is available. Token labeling (the paper's
+    recipe) would instead take ``cls, aux, bbox = model.forward_train(x)`` and add a dense loss of
+    ``aux`` against per-token teacher scores (mix-token boxes applied to them); that needs dense
+    targets, which the bundled data does not have.
+    """
+    logits = model(x)
+    return logits, F.cross_entropy(logits, Tensor(y), label_smoothing=label_smoothing)
+
+
+def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, config: TrainConfig,
+                    epoch: int) -> tuple[float, float, float]:
+    """One pass over ``loader``; returns (mean training loss, training accuracy, images per second)."""
+    model.train()
+    total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress,
+               leave=False, dynamic_ncols=True)
+    for x, y in bar:
+        logits, loss = _loss(model, Tensor(x), y, config.label_smoothing)
+        optimizer.zero_grad()
+        loss.backward()
+        if config.clip_grad is not None:
+            clip_grad_norm_(model.parameters(), config.clip_grad)
+        optimizer.step()
+        scheduler.step()
+        n = len(y)
+        total_loss += loss.item() * n
+        correct += int((logits.data.argmax(axis=1) == y).sum())
+        seen += n
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
+                        img_s=f"{seen / (time.perf_counter() - start):.0f}",
+                        lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    return total_loss / seen, correct / seen, seen / (time.perf_counter() - start)
+
+
+@no_grad()
+def _evaluate_loader(model, loader: DataLoader, num_classes: int) -> tuple[float, float, np.ndarray]:
+    """(mean cross-entropy, accuracy, confusion matrix (true, predicted)) of ``model`` in eval mode."""
+    model.eval()
+    total_loss, confusion = 0.0, np.zeros((num_classes, num_classes), np.int64)
+    for x, y in loader:
+        logits = model(Tensor(x))
+        total_loss += F.cross_entropy(logits, Tensor(y)).item() * len(y)
+        pred = backend.to_numpy(logits.data.argmax(axis=1))
+        confusion += np.bincount(backend.to_numpy(y) * num_classes + pred,
+                                 minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    n = int(confusion.sum())
+    return total_loss / n, float(np.trace(confusion)) / n, confusion
+
+
+# --- outputs ---------------------------------------------------------------------------------------
+def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(metrics)
+    _write_text(run_dir / "metrics.csv", buf.getvalue())
+
+
+def _figure(**kwargs):
+    """A matplotlib Figure outside pyplot: it renders with Agg to files and leaves the user's backend
+    (a notebook's, say) alone. Imported here, on first use: matplotlib takes a while to import."""
+    from matplotlib.figure import Figure
+    return Figure(**kwargs)
+
+
+def _save_figure(fig, path: Path) -> None:
+    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+def _plot_curves(run_dir: Path, metrics: list[dict]) -> None:
+    epochs = [m["epoch"] for m in metrics]
+    fig = _figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    for ax, what in zip(axes, ("loss", "acc")):
+        ax.plot(epochs, [m[f"train_{what}"] for m in metrics], "o-", label="train")
+        ax.plot(epochs, [m[f"test_{what}"] for m in metrics], "s-", label="test")
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel("cross-entropy" if what == "loss" else "accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_title("loss (train: with label smoothing, augmented)")
+    axes[1].set_title("accuracy")
+    fig.tight_layout()
+    _save_figure(fig, run_dir / "curves.png")
+
+
+def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "") -> None:
+    """A confusion matrix (rows: true class, columns: predicted) as a png, counts in the cells."""
+    k = len(classes)
+    fig = _figure(figsize=(1.0 + 0.6 * k, 0.8 + 0.6 * k))
+    ax = fig.subplots()
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(k), classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:
+        limit = confusion.max() / 2
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if confusion[i, j] > limit else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    _save_figure(fig, Path(path))
+
+
+# --- the loop --------------------------------------------------------------------------------------
+RESUME_OVERRIDES = ("device", "progress")
+
+
+def train(config: TrainConfig | dict | None = None, resume: str | Path | None = None, **overrides) -> dict:
+    """Train (or, with ``resume``, continue training) a model; returns a summary.
+
+    config: a TrainConfig, a dict of its fields, or None (the defaults); ``overrides`` set fields on
+    top (``train(epochs=3, name="quick")``). resume: a run directory or a checkpoint; the run continues
+    in the checkpoint's directory with the saved config, of which only ``device`` and ``progress`` may
+    be overridden. Returns ``{"run_dir", "metrics", "best_acc", "model"}``.
+    """
+    ckpt = None
+    if resume is not None:
+        if config is not None or set(overrides) - set(RESUME_OVERRIDES):
+            changed = ", ".join(sorted(set(overrides) - set(RESUME_OVERRIDES))) or "config"
+            raise ValueError(f"a resumed run uses its saved config; only {', '.join(RESUME_OVERRIDES)} "
+                             f"may be changed, got {changed}")
+        ckpt = load_checkpoint(resume)
+        config = TrainConfig(**{**ckpt["config"], **overrides}).validate()
+        run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    else:
+        fields = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config or {})
+        unknown = set(fields) | set(overrides)
+        unknown -= {f.name for f in dataclasses.fields(TrainConfig)}
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        config = TrainConfig(**{**fields, **overrides}).validate()
+        if config.name is None:
+            config.name = f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(config.out) / config.name
+        if (run_dir / "last.npz").exists():
+            raise ValueError(f"{run_dir} already holds a run (last.npz); resume it or choose another name")
+    return _fit(config, run_dir, ckpt)
+
+
+def _fit(config: TrainConfig, run_dir: Path, ckpt: dict | None) -> dict:
+    backend.manual_seed(config.seed)
+    train_set = _subset(load_dataset(config.dataset, config.data_dir, train=True), config.max_train)
+    test_set = _subset(load_dataset(config.dataset, config.data_dir, train=False), config.max_test)
+    if len(train_set) < config.batch_size:
+        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch "
+                         f"(batch_size {config.batch_size})")
+    classes, in_chans = train_set.classes, train_set.images.shape[1]
+
+    model = _build_model(config, len(classes), in_chans).to(config.device)
+    if ckpt is None:
+        pixels = train_set.images.reshape(len(train_set), in_chans, -1) / 255.0
+        data = dict(classes=classes, in_chans=int(in_chans), img_size=_model_img_size(model, config),
+                    mean=[float(m) for m in pixels.mean(axis=(0, 2))],
+                    std=[float(s) for s in pixels.std(axis=(0, 2))])
+    else:
+        data = ckpt["data"]
+        model.load_state_dict(ckpt["model"])
+
+    train_loader = DataLoader(train_set, config.batch_size, shuffle=True, drop_last=True, seed=config.seed,
+                              transform=_train_transform(data, config.augment), device=config.device)
+    test_loader = DataLoader(test_set, config.eval_batch_size, transform=_eval_transform(data),
+                             device=config.device)
+    steps = len(train_loader)
+    optimizer = AdamW(param_groups_weight_decay(model, config.weight_decay), lr=config.lr)
+    scheduler = CosineWarmup(optimizer, total_steps=config.epochs * steps,
+                             warmup_steps=min(round(config.warmup_epochs * steps), config.epochs * steps),
+                             min_lr=config.min_lr, warmup_start_lr=config.warmup_lr)
+    metrics: list[dict] = []
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        metrics = ckpt["metrics"]
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    best_acc = max((m["test_acc"] for m in metrics), default=-math.inf)
+
+    if config.progress:
+        print(f"{config.model}: {model.num_parameters():,} parameters; {len(train_set)} train / "
+              f"{len(test_set)} test images of {data['img_size']}x{data['img_size']}; run dir {run_dir}")
+    for epoch in range(len(metrics), config.epochs):
+        start = time.perf_counter()
+        train_loader.set_epoch(epoch)
+        backend.manual_seed(int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0]))
+        train_loss, train_acc, speed = train_one_epoch(model, train_loader, optimizer, scheduler, config, epoch)
+        test_loss, test_acc, _ = _evaluate_loader(model, test_loader, len(classes))
+        metrics.append(dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
+                            test_acc=test_acc, lr=optimizer.param_groups[0]["lr"],
+                            seconds=round(time.perf_counter() - start, 3)))
+        state = dict(epoch=epoch + 1, config=dataclasses.asdict(config), data=data, metrics=metrics,
+                     model=model.state_dict(), optimizer=optimizer.state_dict(),
+                     scheduler=scheduler.state_dict())
+        save_checkpoint(run_dir / "last.npz", state)
+        if test_acc > best_acc:
+            best_acc = test_acc
+            save_checkpoint(run_dir / "best.npz", state)
+        _write_metrics(run_dir, metrics)
+        _plot_curves(run_dir, metrics)
+        if config.progress:
+            m = metrics[-1]
+            print(f"epoch {m['epoch']:3d}/{config.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
+                  f"test loss {test_loss:.4f} acc {test_acc:.4f}  lr {m['lr']:.2e}  "
+                  f"{m['seconds']:.1f}s (training {speed:.0f} img/s)")
+    return dict(run_dir=run_dir, metrics=metrics, best_acc=best_acc, model=model)
+
+
+# --- using a trained model -------------------------------------------------------------------------
+def evaluate(checkpoint: str | Path, dataset: str | None = None, data_dir: str | None = None,
+             device: str = "cpu", batch_size: int = 256, out: str | Path | None = None) -> dict:
+    """Accuracy, mean loss and confusion matrix of a checkpoint on a test split.
+
+    dataset/data_dir default to the ones the model was trained on. Writes ``confusion.png`` into
+    ``out`` (default: the checkpoint's folder). Returns ``{"accuracy", "loss", "confusion", "classes",
+    "figure"}``.
+    """
+    path = Path(checkpoint)
+    ckpt = load_checkpoint(path)
+    config = TrainConfig(**ckpt["config"])
+    dataset = dataset or config.dataset
+    data_dir = data_dir if data_dir is not None or dataset != config.dataset else config.data_dir
+    test_set = load_dataset(dataset, data_dir, train=False)
+    classes = ckpt["data"]["classes"]
+    if len(test_set.classes) != len(classes):
+        raise ValueError(f"the model was trained on {len(classes)} classes, dataset {dataset!r} has "
+                         f"{len(test_set.classes)}")
+    if test_set.images.shape[1] != ckpt["data"]["in_chans"]:
+        raise ValueError(f"the model expects {ckpt['data']['in_chans']}-channel images, dataset {dataset!r} "
+                         f"has {test_set.images.shape[1]} channel(s)")
+    model = model_from_checkpoint(ckpt, device)
+    loader = DataLoader(test_set, batch_size, transform=_eval_transform(ckpt["data"]), device=device)
+    loss, acc, confusion = _evaluate_loader(model, loader, len(classes))
+    figure = Path(out) if out is not None else (path if path.is_dir() else path.parent)
+    figure.mkdir(parents=True, exist_ok=True)
+    figure = figure / "confusion.png"
+    plot_confusion(confusion, classes, figure, f"{config.model} on {dataset}: accuracy {acc:.2%}")
+    return dict(accuracy=acc, loss=loss, confusion=confusion, classes=classes, figure=figure)
+
+
+def _read_input(image, in_chans: int) -> np.ndarray:
+    """An image file (png/jpg) or ``.npy`` array, or an array, as (C, H, W) float32 in [0, 1].
+
+    Arrays may be (H, W), (C, H, W) or (H, W, C); uint8 is scaled by 1/255, floats are taken as [0, 1].
+    Greyscale is repeated for colour models; colour is averaged for greyscale models.
+    """
+    name = image if isinstance(image, (str, Path)) else "array"
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"no image file {path}")
+        image = np.load(path, allow_pickle=False) if path.suffix.lower() == ".npy" else read_image(path)
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[None]
+    elif a.ndim == 3 and a.shape[0] not in (1, 3) and a.shape[-1] in (1, 3):
+        a = a.transpose(2, 0, 1)
+    if a.ndim != 3 or a.shape[0] not in (1, 3):
+        raise ValueError(f"{name}: expected an image (H, W), (C, H, W) or (H, W, C) with 1 or 3 channels, "
+                         f"got shape {a.shape}")
+    a = a.astype(np.float32) / (255.0 if a.dtype == np.uint8 else 1.0)
+    if a.shape[0] != in_chans:
+        a = np.repeat(a, in_chans, axis=0) if a.shape[0] == 1 else a.mean(axis=0, keepdims=True)
+    return a
+
+
+def predict(checkpoint: str | Path, images: Sequence, topk: int = 5, device: str = "cpu") -> list[list[tuple]]:
+    """Top-k ``(class name, probability)`` for each image (file paths or arrays; see ``_read_input``).
+
+    Images are padded/cropped to the model's img_size and normalised as in training.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    data = ckpt["data"]
+    arrays = [_read_input(im, data["in_chans"]) for im in images]
+    transform = _eval_transform(data)
+    x = np.stack([transform(a[None])[0] for a in arrays])  # per image: they may differ in size
+    model = model_from_checkpoint(ckpt, device)
+    with no_grad():
+        probs = backend.to_numpy(F.softmax(model(Tensor(x, device=device)), dim=-1).data)
+    k = min(topk, probs.shape[1])
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(data["classes"][j], float(p[j])) for j in row] for p, row in zip(probs, top)]

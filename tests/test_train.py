@@ -1,0 +1,218 @@
+"""The training loop end to end: outputs, bit-for-bit resume, checkpoint safety, evaluate/predict, CLI."""
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minivolo import train as T
+
+ROOT = Path(__file__).resolve().parent.parent
+# A tiny, quick run: volo_nano on 256 bundled training images for 2 epochs.
+QUICK = dict(model="volo_nano", epochs=2, batch_size=32, lr=3e-3, warmup_epochs=0.5, drop_path=0.1,
+             max_train=256, max_test=128, progress=False)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One uninterrupted 2-epoch run, shared by the tests below."""
+    return T.train(out=str(tmp_path_factory.mktemp("runs")), name="full", **QUICK)
+
+
+def _metrics_without_time(metrics):
+    return [{k: v for k, v in m.items() if k != "seconds"} for m in metrics]
+
+
+def test_run_writes_outputs_and_learns(run):
+    d = run["run_dir"]
+    for name in ("config.json", "metrics.csv", "curves.png", "last.npz", "best.npz"):
+        assert (d / name).is_file(), name
+    with open(d / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert list(rows[0]) == list(T.METRIC_FIELDS)
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
+
+    ckpt = T.load_checkpoint(d)  # a run folder means its last.npz
+    assert ckpt["epoch"] == 2 and ckpt["config"]["model"] == "volo_nano"
+    assert ckpt["metrics"] == run["metrics"]
+    assert set(ckpt["model"]) == set(run["model"].state_dict())
+    assert ckpt["data"]["img_size"] == 32 and len(ckpt["data"]["classes"]) == 10
+    with np.load(d / "last.npz", allow_pickle=False) as z:  # plain arrays and one JSON string
+        assert "meta" in z.files and any(k.startswith("optimizer/state/") for k in z.files)
+
+
+def test_resume_is_bit_for_bit(run, tmp_path, monkeypatch):
+    real = T.train_one_epoch
+
+    def crash_in_second_epoch(*args, **kwargs):
+        if args[-1] == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_one_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(out=str(tmp_path), name="cut", **QUICK)
+    assert T.load_checkpoint(tmp_path / "cut")["epoch"] == 1
+    monkeypatch.setattr(T, "train_one_epoch", real)
+
+    resumed = T.train(resume=tmp_path / "cut", progress=False)
+    assert resumed["run_dir"] == tmp_path / "cut"
+    assert _metrics_without_time(resumed["metrics"]) == _metrics_without_time(run["metrics"])
+    a, b = T.load_checkpoint(run["run_dir"]), T.load_checkpoint(tmp_path / "cut")
+    for k, v in a["model"].items():
+        assert np.array_equal(v, b["model"][k]), k
+    for i, state in a["optimizer"]["state"].items():
+        for k, v in state.items():
+            assert np.array_equal(v, b["optimizer"]["state"][i][k]), (i, k)
+    assert a["scheduler"] == b["scheduler"]
+    with open(tmp_path / "cut" / "metrics.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+
+
+def test_resume_rejects_config_changes(run):
+    with pytest.raises(ValueError, match="saved config"):
+        T.train(resume=run["run_dir"], lr=1.0)
+
+
+def test_fresh_run_refuses_to_overwrite(run):
+    with pytest.raises(ValueError, match="already holds a run"):
+        T.train(out=str(run["run_dir"].parent), name="full", **QUICK)
+
+
+def test_bad_checkpoints_are_value_errors(run, tmp_path):
+    data = (run["run_dir"] / "last.npz").read_bytes()
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cut.npz"):
+        T.load_checkpoint(cut)
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="junk.npz"):
+        T.load_checkpoint(junk)
+    other = tmp_path / "other.npz"
+    np.savez(other, x=np.ones(2))
+    with pytest.raises(ValueError, match="other.npz"):
+        T.load_checkpoint(other)
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        T.load_checkpoint(tmp_path / "missing.npz")
+
+
+def test_missing_dataset_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-such-folder"):
+        T.train(dataset="fashion-mnist", data_dir=str(tmp_path / "no-such-folder"), out=str(tmp_path),
+                name="x", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("patched", ["savez", "replace", "savez_halfway"])
+def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch, patched):
+    path = tmp_path / "last.npz"
+    T.save_checkpoint(path, {"epoch": 1, "w": np.arange(5.0)})
+
+    def halfway(f, **arrays):  # writes part of the archive, then dies
+        f.write(b"PK\x03\x04 partial")
+        raise OSError("disk full")
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    if patched == "replace":
+        monkeypatch.setattr(os, "replace", fail)
+    else:
+        monkeypatch.setattr(np, "savez", halfway if patched == "savez_halfway" else fail)
+    with pytest.raises(OSError, match="disk full"):
+        T.save_checkpoint(path, {"epoch": 2, "w": np.zeros(5)})
+    monkeypatch.undo()
+    ckpt = T.load_checkpoint(path)
+    assert ckpt["epoch"] == 1 and np.array_equal(ckpt["w"], np.arange(5.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.npz"]  # no temporary file left behind
+
+
+def test_checkpoint_round_trip_of_nested_values(tmp_path):
+    tree = {"a": {"b": [np.ones((2, 3), np.float32), 3, "s"], "c": None}, "n": np.int64(4), "f": 0.5,
+            "scalar": np.array(7)}
+    T.save_checkpoint(tmp_path / "t.npz", tree)
+    back = T.load_checkpoint(tmp_path / "t.npz")
+    assert back["scalar"].shape == () and back["scalar"] == 7
+    assert back["a"]["b"][0].dtype == np.float32 and back["a"]["b"][1:] == [3, "s"]
+    assert back["a"]["c"] is None and back["n"] == 4 and back["f"] == 0.5
+
+
+def test_evaluate_and_predict(run, tmp_path):
+    from minivolo.datasets import load_dataset, write_idx
+    ckpt = run["run_dir"] / "best.npz"
+    test = load_dataset(train=False)
+    # evaluate on another copy of the data: 40 test images in the MNIST file format
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", test.images[:40, 0])
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", test.labels[:40].astype(np.uint8))
+    r = T.evaluate(ckpt, dataset="mnist", data_dir=tmp_path, out=tmp_path)
+    assert r["confusion"].shape == (10, 10) and r["confusion"].sum() == 40
+    assert np.array_equal(r["confusion"].sum(axis=1), np.bincount(test.labels[:40], minlength=10))
+    assert r["accuracy"] == pytest.approx(np.trace(r["confusion"]) / 40)
+    assert (tmp_path / "confusion.png").is_file()
+
+    np.save(tmp_path / "img.npy", test.images[0, 0])       # (H, W) uint8
+    top = T.predict(ckpt, [tmp_path / "img.npy", test.images[1].transpose(1, 2, 0)], topk=3)
+    assert len(top) == 2 and all(len(t) == 3 for t in top)
+    for t in top:
+        probs = [p for _, p in t]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        assert all(name in test.classes for name, _ in t)
+    with pytest.raises(ValueError, match="expected an image"):
+        T.predict(ckpt, [np.zeros((2, 2, 2, 2))])
+
+
+def _cli(*args, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "minivolo", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_info():
+    r = _cli("info", "volo_d1", "volo_d5", "volo_tiny")  # D5 (295M) is counted without drawing weights
+    assert r.returncode == 0, r.stderr
+    assert "volo_d1: 26,632,040 parameters (26.6M)" in r.stdout
+    assert "volo_d5: 295,455,584 parameters (295.5M)" in r.stdout
+
+
+def test_cli_train_evaluate_predict(tmp_path, run):
+    r = _cli("train", "--model", "volo_nano", "--epochs", "1", "--max-train", "256", "--max-test", "128",
+             "--batch-size", "32", "--out", tmp_path, "--name", "cli")
+    assert r.returncode == 0, r.stderr
+    assert "epoch   1/1" in r.stdout
+    assert (tmp_path / "cli" / "last.npz").is_file()
+
+    from matplotlib.image import imsave
+    from minivolo.datasets import load_dataset
+    imsave(tmp_path / "shoe.png", load_dataset(train=False).images[0, 0], cmap="gray")
+    r = _cli("predict", tmp_path / "cli", tmp_path / "shoe.png", "--topk", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{tmp_path / 'shoe.png'}: ") and r.stdout.count(",") == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--epochs", "0"], "expected a value > 0"),
+    (["train", "--lr", "fast"], "expected a float"),
+    (["train", "--model", "volo_huge"], "unknown model 'volo_huge'"),
+    (["train", "--dataset", "imagenet"], "invalid choice"),
+    (["evaluate", "nowhere/last.npz"], "error: no checkpoint at nowhere/last.npz"),
+    (["train", "--dataset", "mnist", "--data-dir", "no-such-folder"], "error: root: no such directory"),
+])
+def test_cli_user_errors_exit_2_without_traceback(args, message, tmp_path):
+    r = _cli(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_corrupt_checkpoint(run, tmp_path):
+    bad = tmp_path / "bad.npz"
+    shutil.copy(run["run_dir"] / "last.npz", bad)
+    bad.write_bytes(bad.read_bytes()[:1000])
+    r = _cli("evaluate", bad)
+    assert r.returncode == 2 and "bad.npz" in r.stderr and "Traceback" not in r.stderr
