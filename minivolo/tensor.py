@@ -75,6 +75,59 @@ def _axis(axis, dim):
     return tuple(a) if isinstance(a, list) else a
 
 
+def _count(shape: tuple, axis) -> int:
+    """How many elements a reduction over ``axis`` (None, an int or a tuple) combines into each output."""
+    if axis is None:
+        return int(np.prod(shape))
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    return int(np.prod([shape[a] for a in axes]))
+
+
+# PyTorch's type promotion (torch.result_type), which differs from NumPy's in two ways: int with float
+# gives the float type (int32 + float32 -> float32), and an operand only raises the result's *category*
+# (bool < integer < floating) unless it is a tensor with dims: 0-d tensors and Python numbers of the
+# same category never widen it (float32 + float64 0-d tensor -> float32; int32 + 5 -> int32), and a
+# Python float meeting integers gives float32, the default dtype.
+_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3}
+
+
+def _promote_types(a, b):
+    """torch.promote_types: NumPy's rule within a category, the higher category's type across them."""
+    if a is None or b is None:
+        return a if b is None else b
+    ca, cb = _CATEGORY[a.kind], _CATEGORY[b.kind]
+    return np.promote_types(a, b) if ca == cb or max(ca, cb) == 3 else (a if ca > cb else b)
+
+
+def _combine(higher, lower):
+    """Let a lower-priority group of operands raise the result only to a higher category."""
+    if higher is None or lower is None:
+        return higher if lower is None else lower
+    if _CATEGORY[higher.kind] >= 2:
+        return higher
+    return _promote_types(higher, lower) if higher.kind == "b" or _CATEGORY[lower.kind] >= 2 else higher
+
+
+def result_type(*operands) -> np.dtype:
+    """The dtype PyTorch gives an elementwise op on ``operands`` (Tensors, arrays, Python numbers)."""
+    first = operands[0]
+    if isinstance(first, Tensor) and all(  # the common case, answered quickly: one dtype, maybe numbers
+            x.dtype == first.dtype if isinstance(x, Tensor) else
+            first.dtype.kind == "f" and isinstance(x, (bool, int, float)) for x in operands[1:]):
+        return first.dtype
+    groups = [None, None, None]  # tensors with dims, 0-d tensors, Python numbers
+    for x in operands:
+        if isinstance(x, (bool, int, float, complex)) and not isinstance(x, np.ndarray):
+            dtype = np.dtype(np.bool_ if isinstance(x, bool) else np.int64 if isinstance(x, int)
+                             else np.float32 if isinstance(x, float) else np.complex64)
+            k = 2
+        else:
+            x = _as_array(x)
+            dtype, k = x.dtype, 0 if x.ndim else 1
+        groups[k] = _promote_types(groups[k], dtype)
+    return _combine(groups[0], _combine(groups[1], groups[2]))
+
+
 class Tensor:
     """An array with a gradient. ``Tensor(data, requires_grad=False, dtype=None, device=None)``.
 
@@ -200,41 +253,46 @@ class Tensor:
 
     # --- elementwise arithmetic (broadcasting; backward reduces via unbroadcast) -----------------
     def _lift(self, other) -> "Tensor":
-        if isinstance(other, Tensor):
-            return other
-        dtype = self.dtype if np.isscalar(other) and self.dtype.kind == "f" else None
-        return Tensor(_as_array(other, dtype, self.device))
+        """``other`` as a Tensor on self's device; a number takes the dtype of ``self <op> other``."""
+        return _common(self, other)[0][1]
+
+    def _operands(self, other) -> tuple:
+        """(other as a Tensor, self's array, other's array), both cast to PyTorch's result dtype."""
+        (_, other), (a, b) = _common(self, other)
+        return other, a, b
 
     def __add__(self, other):
-        other = self._lift(other)
-        return Tensor.from_op(self.data + other.data, (self, other), lambda g: (g, g), "add")
+        other, a, b = self._operands(other)
+        return Tensor.from_op(a + b, (self, other), lambda g: (g, g), "add")
 
     def __sub__(self, other):
-        other = self._lift(other)
-        return Tensor.from_op(self.data - other.data, (self, other), lambda g: (g, -g), "sub")
+        other, a, b = self._operands(other)
+        return Tensor.from_op(a - b, (self, other), lambda g: (g, -g), "sub")
 
     def __mul__(self, other):
-        other = self._lift(other)
-        a, b = self.data, other.data
+        other, a, b = self._operands(other)
         return Tensor.from_op(a * b, (self, other), lambda g: (
             g * b if self.requires_grad else None, g * a if other.requires_grad else None), "mul")
 
     def __truediv__(self, other):
-        other = self._lift(other)
-        a, b = self.data, other.data
+        """``a / b``; integer operands give float32 (PyTorch's default dtype), as ``torch.div``."""
+        other, a, b = self._operands(other)
+        if a.dtype.kind not in "fc":
+            a, b = a.astype(np.float32), b.astype(np.float32)
         return Tensor.from_op(a / b, (self, other), lambda g: (
             g / b if self.requires_grad else None,
             -g * a / (b * b) if other.requires_grad else None), "div")
 
     def __pow__(self, other):
-        """``x ** p``: d/dx = p x^(p-1); d/dp = x^p log x (only when the exponent is a tensor)."""
-        other = self._lift(other)
-        a, b = self.data, other.data
+        """``x ** p``: d/dx = p x^(p-1), 0 where p = 0; d/dp = x^p log x, 0 where x = 0 and p >= 0
+        (PyTorch's conventions, which avoid 0 * inf = nan at those points)."""
+        other, a, b = self._operands(other)
+        xp = self.xp
         out = a ** b
 
         def backward(g):
-            ga = g * b * a ** (b - 1) if self.requires_grad else None
-            gb = g * out * self.xp.log(a) if other.requires_grad else None
+            ga = xp.where(b == 0, 0, g * b * a ** (b - 1)) if self.requires_grad else None
+            gb = xp.where((a == 0) & (b >= 0), 0, g * out * xp.log(a)) if other.requires_grad else None
             return ga, gb
         return Tensor.from_op(out, (self, other), backward, "pow")
 
@@ -276,7 +334,7 @@ class Tensor:
 
     # comparisons give non-differentiable boolean tensors
     def _compare(self, other, fn):
-        return Tensor(fn(self.data, self._lift(other).data))
+        return Tensor(fn(*self._operands(other)[1:]))
 
     __lt__ = lambda self, o: self._compare(o, lambda a, b: a < b)
     __le__ = lambda self, o: self._compare(o, lambda a, b: a <= b)
@@ -320,9 +378,12 @@ class Tensor:
         return Tensor.from_op(self.data.sum(axis=axis, keepdims=keepdims), (self,), backward, "sum")
 
     def mean(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
+        """``sum / n`` over ``axis``; NaN over an empty axis; floating-point tensors only, as ``torch.mean``."""
         axis, keepdims = _axis(axis, dim), keepdims if keepdim is None else keepdim
-        count = self.size // max(self.data.sum(axis=axis, keepdims=keepdims).size, 1) if self.size else 1
-        return self.sum(axis, keepdims) / count
+        if self.dtype.kind not in "fc":
+            raise TypeError(f"mean() needs a floating-point tensor, got dtype {self.dtype}; "
+                            "use .float() or .double() first")
+        return self.sum(axis, keepdims) / _count(self.shape, axis)
 
     def max(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
         """Maximum over ``axis``; ties share the gradient equally (as ``torch.amax``)."""
@@ -338,12 +399,21 @@ class Tensor:
         value = out if keepdims else (out.reshape(()) if axis is None else xp.squeeze(out, axis))
         return Tensor.from_op(value, (self,), backward, "max")
 
-    def var(self, axis=None, keepdims: bool = False, correction: int = 1, *, dim=None, keepdim=None):
-        """Variance ``sum((x - mean)^2) / (n - correction)``; unbiased by default, as ``torch.var``."""
+    def var(self, axis=None, unbiased: bool | None = None, keepdims: bool = False, *, correction=None,
+            ddof=None, dim=None, keepdim=None):
+        """Variance ``sum((x - mean)^2) / max(n - correction, 0)`` over ``axis``, as ``torch.var``.
+
+        correction defaults to 1 (unbiased); ``unbiased=False`` (PyTorch's older argument, second
+        positionally as in ``torch.var(dim, unbiased, keepdim)``) means 0, and NumPy's ``ddof`` is
+        accepted as another name for it.
+        """
         axis, keepdims = _axis(axis, dim), keepdims if keepdim is None else keepdim
-        n = self.size // max(self.data.sum(axis=axis, keepdims=True).size, 1)
+        given = [c for c in (correction, ddof, None if unbiased is None else int(unbiased)) if c is not None]
+        if len(given) > 1:
+            raise ValueError("var: give at most one of correction, ddof and unbiased")
+        correction = given[0] if given else 1
         centred = self - self.mean(axis, keepdims=True)
-        return (centred * centred).sum(axis, keepdims) / max(n - correction, 0)
+        return (centred * centred).sum(axis, keepdims) / max(_count(self.shape, axis) - correction, 0)
 
     # --- shape ---------------------------------------------------------------------------------
     def reshape(self, *shape):
@@ -365,7 +435,14 @@ class Tensor:
                               "permute")
 
     def transpose(self, *axes):
-        """NumPy's transpose (all axes reversed, or a permutation); ``swapaxes`` swaps two."""
+        """``transpose(dim0, dim1)`` swaps two dims, as ``torch.Tensor.transpose``; otherwise NumPy's:
+        ``transpose()`` reverses all dims and ``transpose(perm)`` / ``transpose(*perm)`` permutes them.
+
+        Two ints always mean a swap, so for a 2-D tensor ``transpose(0, 1)`` is the transpose (PyTorch),
+        not NumPy's identity permutation; pass a tuple, ``transpose((0, 1))``, for the permutation.
+        """
+        if len(axes) == 2 and all(isinstance(a, (int, np.integer)) for a in axes):
+            return self.swapaxes(*axes)
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
         return self.permute(axes or tuple(range(self.ndim))[::-1])
 
@@ -378,11 +455,13 @@ class Tensor:
         axis = axis % (self.ndim + 1)
         return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
 
-    def squeeze(self, axis=None):
+    def squeeze(self, axis=None, *, dim=None):
+        """Drop the size-1 dims among ``axis`` (an int, a tuple, or all when None); others stay, as torch."""
+        axis = _axis(axis, dim)
         if axis is None:
             return self.reshape(tuple(n for n in self.shape if n != 1))
-        axis = axis % self.ndim
-        return self.reshape(self.shape[:axis] + self.shape[axis + 1:]) if self.shape[axis] == 1 else self
+        drop = {a % max(self.ndim, 1) for a in (axis if isinstance(axis, tuple) else (axis,))}
+        return self.reshape(tuple(n for i, n in enumerate(self.shape) if not (i in drop and n == 1)))
 
     def __getitem__(self, index):
         """Basic (slices, ints, None, ...) and integer-array indexing.
@@ -432,8 +511,22 @@ def _tensors(items) -> list:
     return [t if isinstance(t, Tensor) else Tensor(t) for t in items]
 
 
-def concatenate(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
-    """Join along an existing axis; backward splits ``g`` at the same offsets."""
+def _common(*items) -> tuple:
+    """``items`` as Tensors and their arrays, the arrays cast to PyTorch's result dtype (``result_type``).
+
+    Numbers and arrays go to the first Tensor's device; a number is converted straight to the result
+    dtype (1.0001 * float64 must not pass through float32).
+    """
+    dtype = result_type(*items)
+    device = next((t.device for t in items if isinstance(t, Tensor)), None)
+    tensors = [t if isinstance(t, Tensor) else
+               Tensor(_as_array(t, dtype if np.isscalar(t) else None, device)) for t in items]
+    return tensors, [t.data.astype(dtype, copy=False) for t in tensors]
+
+
+def concatenate(tensors: Sequence[Tensor], axis: int = 0, *, dim: int | None = None) -> Tensor:
+    """Join along an existing axis (``dim`` as torch.cat); backward splits ``g`` at the same offsets."""
+    axis = _axis(axis, dim)
     tensors = _tensors(tensors)
     xp = tensors[0].xp
     bounds = np.cumsum([t.shape[axis] for t in tensors])[:-1]
@@ -444,8 +537,9 @@ def concatenate(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
 cat = concatenate
 
 
-def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
-    """Join along a new axis; backward takes the slices apart again."""
+def stack(tensors: Sequence[Tensor], axis: int = 0, *, dim: int | None = None) -> Tensor:
+    """Join along a new axis (``dim`` as torch.stack); backward takes the slices apart again."""
+    axis = _axis(axis, dim)
     tensors = _tensors(tensors)
     xp = tensors[0].xp
     return Tensor.from_op(xp.stack([t.data for t in tensors], axis=axis), tensors,
@@ -455,17 +549,16 @@ def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
 def where(condition, x, y) -> Tensor:
     """``x`` where ``condition`` holds, else ``y`` (broadcasting); the gradient goes to the chosen side."""
     cond = condition.data if isinstance(condition, Tensor) else condition
-    x, y = _tensors((x, y))
+    (x, y), (a, b) = _common(x, y)
     xp = x.xp
-    return Tensor.from_op(xp.where(cond, x.data, y.data), (x, y),
+    return Tensor.from_op(xp.where(cond, a, b), (x, y),
                           lambda g: (xp.where(cond, g, 0), xp.where(cond, 0, g)), "where")
 
 
 def maximum(a, b) -> Tensor:
     """Elementwise max; at ties the gradient is split in half, as ``torch.maximum``."""
-    a, b = _tensors((a, b))
+    (a, b), (x, y) = _common(a, b)
     xp = a.xp
-    x, y = a.data, b.data
 
     def backward(g):
         wa = (x > y) + 0.5 * (x == y)

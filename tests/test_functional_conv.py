@@ -319,7 +319,8 @@ IMAGE = mv.Tensor(np.zeros((1, 2, 5, 5)))
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: F.unfold(mv.Tensor(np.zeros((3, 4))), 2), r"unfold: input must be 4-D \(B, C, H, W\), got shape \(3, 4\)"),
+    (lambda: F.unfold(mv.Tensor(np.zeros((3, 4))), 2),
+     r"unfold: input must be 4-D \(B, C, H, W\) or 3-D \(C, H, W\), got shape \(3, 4\)"),
     (lambda: F.unfold(IMAGE, 0), "unfold: kernel_size must be positive, got 0"),
     (lambda: F.unfold(IMAGE, (3,)), "unfold: kernel_size must be an int or a pair of ints"),
     (lambda: F.unfold(IMAGE, 2.5), "unfold: kernel_size must be an int or a pair of ints"),
@@ -328,7 +329,7 @@ IMAGE = mv.Tensor(np.zeros((1, 2, 5, 5)))
     (lambda: F.unfold(IMAGE, 2, dilation=(1, 0)), "unfold: dilation must be positive"),
     (lambda: F.unfold(IMAGE, 4, dilation=2), r"unfold: kernel_size 4 with dilation 2 spans 7 pixels, more than "
                                              r"the padded input's height 5 \+ 0 \+ 0 = 5"),
-    (lambda: F.fold(mv.Tensor(np.zeros((1, 18))), (5, 5), 3), "fold: input must be 3-D"),
+    (lambda: F.fold(mv.Tensor(np.zeros(18)), (5, 5), 3), r"fold: input must be 3-D .* or 2-D \(C\*kh\*kw, L\)"),
     (lambda: F.fold(mv.Tensor(np.zeros((1, 18, 8))), (5, 5), 3, padding=1, stride=2),
      r"fold: input has L = 8 blocks, but output_size \(5, 5\) .* yields 3\*3 = 9 blocks"),
     (lambda: F.fold(mv.Tensor(np.zeros((1, 10, 9))), (5, 5), 3), r"fold: input.shape\[1\] = 10 must be divisible "
@@ -350,7 +351,7 @@ IMAGE = mv.Tensor(np.zeros((1, 2, 5, 5)))
     (lambda: F.avg_pool2d(IMAGE, 3, padding=2), "avg_pool2d: padding must be at most half the"),
     (lambda: F.avg_pool2d(IMAGE, 2, divisor_override=0), "avg_pool2d: divisor_override must be a non-zero int"),
     (lambda: F.max_pool2d(IMAGE, 2, padding=2), "max_pool2d: padding must be at most half the"),
-    (lambda: F.max_pool2d(mv.Tensor(np.zeros((2, 5, 5))), 2), r"max_pool2d: input must be 4-D"),
+    (lambda: F.max_pool2d(mv.Tensor(np.zeros((5, 5))), 2), r"max_pool2d: input must be 4-D"),
     (lambda: F.pad(IMAGE, (1, 2, 3)), "pad: pad must be an even-length sequence"),
     (lambda: F.pad(IMAGE, (5, 0), mode="reflect"), r"pad: reflect padding must be smaller than the dim"),
     (lambda: F.pad(IMAGE, (1, 1), mode="wrap"), "pad: mode must be"),
@@ -377,3 +378,32 @@ def test_bench_run_reports_rows(monkeypatch, capsys):
     assert "noop" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown benchmark"):
         bench.run(["nope"])
+
+
+# --- regressions: behaviour that once differed from PyTorch ------------------------------------------
+UNBATCHED = [
+    ("conv2d", lambda x, w: F.conv2d(x, w, None, 2, 1, 1, 2), lambda x, w: TF.conv2d(x, w, None, 2, 1, 1, 2),
+     [(4, 6, 5), (6, 2, 3, 3)]),
+    ("avg_pool2d", lambda x: F.avg_pool2d(x, 2, 2, 1, True, False), lambda x: TF.avg_pool2d(x, 2, 2, 1, True, False),
+     [(2, 5, 5)]),
+    ("max_pool2d", lambda x: F.max_pool2d(x, 3, 2, 1), lambda x: TF.max_pool2d(x, 3, 2, 1), [(2, 5, 6)]),
+    ("unfold", lambda x: F.unfold(x, (2, 3), 1, (1, 0), (1, 2)), lambda x: TF.unfold(x, (2, 3), 1, (1, 0), (1, 2)),
+     [(2, 5, 6)]),
+    ("fold", lambda x: F.fold(x, (4, 5), 2), lambda x: TF.fold(x, (4, 5), 2), [(8, 12)]),
+]
+
+
+@pytest.mark.parametrize("name,f,tf,shapes", UNBATCHED, ids=[u[0] for u in UNBATCHED])
+def test_unbatched_input_like_torch(name, f, tf, shapes):
+    """One sample without the batch dim: (C, H, W), or (C*kh*kw, L) for fold, as torch accepts."""
+    check_against_torch(f, tf, [randn(*s, seed=i) for i, s in enumerate(shapes)])
+
+
+@pytest.mark.parametrize("amounts", [(-1, 2), (2, -1), (-2, 1, 1, -3), (-1, -1, 2, 0), (2, -2)])
+def test_circular_pad_with_negative_amounts_wraps_the_cropped_input(amounts):
+    """torch crops first and then wraps around what is left, not around the whole input."""
+    shape = (2, 3, 4, 5)[:2 + len(amounts) // 2]  # torch pads the dims after (N, C)
+    check_against_torch(lambda x: F.pad(x, amounts, mode="circular"),
+                        lambda x: TF.pad(x, amounts, mode="circular"), [randn(*shape)])
+    with pytest.raises(ValueError, match="circular padding must be at most the dim"):
+        F.pad(mv.Tensor(randn(1, 1, 5)), (2, -4), mode="circular")

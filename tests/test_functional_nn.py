@@ -317,3 +317,34 @@ def test_mse_loss(reduction, dtype):
     arrays = [randn(3, 4, dtype=dtype), randn(3, 4, dtype=dtype, seed=1)]
     check_against_torch(lambda a, b: F.mse_loss(a, b, reduction), lambda a, b: TF.mse_loss(a, b, reduction=reduction),
                         arrays)
+
+
+# --- regressions: behaviour that once differed from PyTorch ------------------------------------------
+@pytest.mark.parametrize("loss", ["cross_entropy", "nll_loss"])
+@pytest.mark.parametrize("shape,target", [((2, 3), [1, 1]), ((2, 3, 2), [[1, 1], [1, 1]]), ((3,), 1)])
+def test_all_ignored_mean_loss_is_nan_with_zero_gradient(loss, shape, target):
+    """Every element ignored: the mean is 0/0 = NaN, but the gradient is 0, not NaN (it would poison
+    the weights), as PyTorch."""
+    target = np.array(target)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = check_against_torch(lambda x: getattr(F, loss)(x, target, ignore_index=1),
+                                  lambda x: getattr(TF, loss)(x, torch.tensor(target), ignore_index=1), [randn(*shape)])
+    assert np.isnan(out[0].item())
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("input_shape", [(3, 4, 2), (4,)])
+def test_cross_entropy_probability_targets_give_the_weights_a_gradient(reduction, input_shape):
+    probs = np.random.default_rng(1).random(input_shape)
+    probs /= probs.sum(axis=0 if len(input_shape) == 1 else 1, keepdims=True)
+    kw = dict(reduction=reduction, label_smoothing=0.2)
+    arrays = [randn(*input_shape), probs, np.linspace(0.5, 2, 4)]
+    check_against_torch(lambda x, t, w: F.cross_entropy(x, t, w, **kw),
+                        lambda x, t, w: TF.cross_entropy(x, t, w, **kw), arrays)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_nll_loss_unbatched(reduction):
+    w = np.array([0.5, 2.0, 1.0])
+    check_against_torch(lambda x: F.nll_loss(x, np.array(1), mv.Tensor(w), reduction=reduction),
+                        lambda x: TF.nll_loss(x, torch.tensor(1), torch.tensor(w), reduction=reduction), [randn(3)])

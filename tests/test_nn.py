@@ -240,3 +240,47 @@ def test_manual_seed_gives_identical_parameters():
     c = make_net(nn).state_dict()
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["head.weight"], c["head.weight"])
+
+
+# --- regressions: behaviour that once differed from PyTorch ------------------------------------------
+def test_batchnorm_loads_a_state_dict_without_num_batches_tracked():
+    """Checkpoints from before PyTorch 0.4.1 lack the counter; torch keeps its own, and so do we."""
+    bn, tbn = nn.BatchNorm2d(3), tnn.BatchNorm2d(3)
+    bn(mv.Tensor(image(np.float32)[:, :3]))
+    state = {k: v.numpy() for k, v in tbn.state_dict().items() if k != "num_batches_tracked"}
+    assert bn.load_state_dict(state) == ([], [])
+    assert int(bn.num_batches_tracked.item()) == 1 and bn.num_batches_tracked.dtype == np.int64
+    assert "num_batches_tracked" not in state  # the caller's dict is left alone
+    np.testing.assert_array_equal(bn.running_var.numpy(), tbn.running_var.numpy())
+
+
+def test_a_shared_module_appears_under_every_name_in_the_state_dict():
+    shared, tshared = nn.Linear(2, 2), tnn.Linear(2, 2)
+    model, tmodel = nn.Sequential(shared, nn.ReLU(), shared), tnn.Sequential(tshared, tnn.ReLU(), tshared)
+    assert list(model.state_dict()) == list(tmodel.state_dict())
+    assert len(list(model.parameters())) == len(list(tmodel.parameters())) == 2
+    model.load_state_dict(tmodel.state_dict())
+    np.testing.assert_array_equal(shared.weight.numpy(), tshared.weight.detach().numpy())
+
+
+def test_sequential_and_module_list_slices_like_torch():
+    layers = [nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)]
+    head = nn.Sequential(*layers)[1:]
+    assert isinstance(head, nn.Sequential) and list(head.state_dict()) == ["2.weight", "2.bias"]
+    tail = nn.ModuleList(layers)[1:]
+    assert isinstance(tail, nn.ModuleList) and list(tail.state_dict()) == ["1.weight", "1.bias"]
+
+
+def test_avg_pool_module_divisor_override():
+    x = image(np.float32)
+    np.testing.assert_allclose(nn.AvgPool2d(3, 2, 1, divisor_override=2)(mv.Tensor(x)).numpy(),
+                               tnn.AvgPool2d(3, 2, 1, divisor_override=2)(torch.from_numpy(x)).numpy(),
+                               **tol(np.float32))
+
+
+def test_conv2d_module_takes_an_unbatched_image():
+    conv, tconv = nn.Conv2d(3, 4, 3, padding=1), tnn.Conv2d(3, 4, 3, padding=1)
+    conv.load_state_dict(tconv.state_dict())
+    x = image(np.float32)[0]
+    np.testing.assert_allclose(conv(mv.Tensor(x)).numpy(), tconv(torch.from_numpy(x)).detach().numpy(),
+                               **tol(np.float32))

@@ -239,3 +239,95 @@ def test_cuda_request_without_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("MINIVOLO_DEVICE", "cuda")
     with pytest.raises(RuntimeError, match="device 'cuda' requested"):
         mv.default_device()
+
+
+# --- regressions: behaviour that once differed from PyTorch ------------------------------------------
+PROMOTION = [  # (a, b) as (array or Python number); tensors are built from the arrays on both sides
+    ("f32 + 0-d f64", np.ones(3, np.float32), np.array(2.5)),
+    ("f32 + f64", np.ones(3, np.float32), np.full(3, 2.5)),
+    ("f32 + int64", np.ones(3, np.float32), np.arange(3)),
+    ("int64 + float", np.arange(3), 1.5),
+    ("int32 * int", np.arange(3, dtype=np.int32), 2),
+    ("int32 + 0-d f64", np.arange(3, dtype=np.int32), np.array(2.5)),
+    ("bool + int", np.array([True, False]), 1),
+    ("f64 0-d + float", np.array(2.0), 1.0001),
+]
+
+
+@pytest.mark.parametrize("op", ["add", "mul", "truediv", "sub", "lt"])
+@pytest.mark.parametrize("name,a,b", PROMOTION, ids=[p[0] for p in PROMOTION])
+def test_type_promotion_follows_torch(name, a, b, op):
+    """torch.result_type, not NumPy's: int with float gives the float type, 0-d tensors and Python numbers
+    only raise the category, int / int gives float32."""
+    if name.startswith("bool") and op == "sub":
+        pytest.skip("torch refuses to subtract bools")
+
+    def build(v, lib):
+        return v if not isinstance(v, np.ndarray) else (mv.Tensor(v) if lib is mv else torch.tensor(v))
+    fn = getattr(__import__("operator"), op)
+    ours, theirs = fn(build(a, mv), build(b, mv)), fn(build(a, torch), build(b, torch)).numpy()
+    assert ours.dtype == theirs.dtype
+    np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-12)
+    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):  # the reflected form too
+        assert fn(build(b, mv), build(a, mv)).dtype == fn(build(b, torch), build(a, torch)).numpy().dtype
+
+
+def test_mixed_precision_gradients_keep_each_leafs_dtype():
+    a, b = randn(3, 4, dtype=np.float32), randn(4)
+    out = check_against_torch(lambda x, y: x * y + y / x, lambda x, y: x * y + y / x, [a, b], atol=1e-6, rtol=1e-6)
+    assert out[0].dtype == np.float64
+
+
+def test_transpose_with_two_dims_swaps_them_like_torch():
+    x = randn(2, 3, 4)
+    check_against_torch(lambda t: t.transpose(1, 2), lambda t: t.transpose(1, 2), [x])
+    check_against_torch(lambda t: t.transpose(-1, 0), lambda t: t.transpose(-1, 0), [x])
+    check_against_torch(lambda t: t.transpose(0, 1), lambda t: t.transpose(0, 1), [x[0]])  # 2-D: a swap too
+    assert mv.Tensor(x).transpose(2, 0, 1).shape == (4, 2, 3)  # a full permutation is NumPy's
+    assert mv.Tensor(x[0]).transpose((0, 1)).shape == (3, 4)   # ... and so is a tuple
+
+
+def test_pow_gradient_at_zero_base_and_zero_exponent_matches_torch():
+    """d/dx x^0 = 0 (not 0 * 0^-1 = nan) and d/dp 0^p = 0 for p >= 0 (not 0 * log 0 = nan)."""
+    x, p = np.array([0.0, 0.0, 2.0, -1.5]), np.array([0.0, 2.0, 0.0, 3.0])
+    check_against_torch(lambda a, b: a ** b, lambda a, b: a ** b, [x, p])
+    check_against_torch(lambda a: a ** 0.0, lambda a: a ** 0.0, [x])
+
+
+def test_mean_over_an_empty_axis_is_nan_and_integer_mean_raises():
+    x = np.ones((0, 3))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(mv.Tensor(x).mean(0).numpy(), torch.tensor(x).mean(0).numpy())  # nan
+        assert np.isnan(mv.Tensor(x).mean().item())
+    with pytest.raises(TypeError, match="floating-point"):
+        mv.Tensor(np.arange(4)).mean()
+
+
+def test_var_takes_unbiased_positionally_and_ddof_like_torch():
+    x = randn(4, 5)
+    check_against_torch(lambda t: t.var(1, False), lambda t: t.var(1, False), [x])   # unbiased=False
+    check_against_torch(lambda t: t.var(0, True, True), lambda t: t.var(0, True, True), [x])
+    check_against_torch(lambda t: t.var(-1, ddof=0), lambda t: t.var(-1, correction=0), [x])
+    with pytest.raises(ValueError, match="at most one"):
+        mv.Tensor(x).var(1, unbiased=True, correction=0)
+
+
+def test_squeeze_tuple_and_cat_stack_dim_keyword():
+    x = randn(1, 3, 1, 2)
+    check_against_torch(lambda t: t.squeeze((0, -2)), lambda t: t.squeeze((0, -2)), [x])
+    check_against_torch(lambda t: t.squeeze((0, 1)), lambda t: t.squeeze((0, 1)), [x])  # size 3 stays
+    check_against_torch(lambda t: mv.cat([t, t], dim=-1), lambda t: torch.cat([t, t], dim=-1), [x])
+    check_against_torch(lambda t: mv.stack([t, t], dim=1), lambda t: torch.stack([t, t], dim=1), [x])
+
+
+def test_where_and_maximum_promote_like_torch():
+    x = randn(3, dtype=np.float32)
+    check_against_torch(lambda t: mv.where(t > 0, t, 0), lambda t: torch.where(t > 0, t, 0), [x])
+    check_against_torch(lambda t: mv.maximum(t, 0.5), lambda t: torch.maximum(t, torch.tensor(0.5)), [x])
+
+
+@pytest.mark.parametrize("view", [lambda a: a.T, lambda a: np.broadcast_to(a[0], a.shape), lambda a: a[:, ::2]])
+def test_gradcheck_on_non_contiguous_inputs(view):
+    """The nudges went into a copy made by reshape(-1), so every numeric derivative came out 0."""
+    x = mv.Tensor(view(randn(4, 4)), requires_grad=True)
+    assert mv.gradcheck(lambda t: (t * t).sum(0), x)

@@ -8,7 +8,8 @@ Everything here is built on two array kernels that are each other's adjoint:
 ``_im2col`` is one copy of a strided view of the padded image; ``_col2im`` is a loop over the kh*kw kernel
 offsets, each adding one strided slice of the padded buffer (k^2 slice-adds, never a loop over pixels).
 Since <im2col(x), y> = <x, col2im(y)>, unfold's backward is fold and fold's backward is unfold; conv2d is
-im2col followed by one batched matmul; the pools reduce over the same windows.
+im2col followed by one batched matmul; the pools reduce over the same windows. As in torch, unfold, fold,
+conv2d and the pools also take one unbatched sample ((C, H, W), or (C*kh*kw, L) for fold).
 
     unfold(input, kernel_size, dilation=1, padding=0, stride=1)              (B, C, H, W) -> (B, C*kh*kw, L)
     fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1)   (B, C*kh*kw, L) -> (B, C, H, W)
@@ -22,6 +23,7 @@ im2col followed by one batched matmul; the pools reduce over the same windows.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Sequence
 
@@ -41,6 +43,26 @@ def _as_tensor(x) -> Tensor:
 def _check_input(x: Tensor, ndim: int, op: str, layout: str) -> None:
     if x.ndim != ndim:
         raise ValueError(f"{op}: input must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
+
+
+def _batched(layout: str, unbatched: str):
+    """Let an op on batched input (``layout``, e.g. "(B, C, H, W)") take one ``unbatched`` sample too, as
+    torch does: the sample gets a batch dim of 1 on the way in and loses it on the way out."""
+    ndim = layout.count(",") + 1
+
+    def decorate(op):
+        @functools.wraps(op)
+        def run(input, *args, **kwargs):
+            x = _as_tensor(input)
+            if x.ndim == ndim - 1:
+                out = op(x.unsqueeze(0), *args, **kwargs)
+                return out.reshape(out.shape[1:])
+            if x.ndim != ndim:
+                raise ValueError(f"{op.__name__}: input must be {ndim}-D {layout} or {ndim - 1}-D {unbatched}, "
+                                 f"got shape {tuple(x.shape)}")
+            return op(x, *args, **kwargs)
+        return run
+    return decorate
 
 
 def _is_int(v) -> bool:
@@ -168,6 +190,7 @@ def _col2im(cols, size: tuple, w: _Window, channel_major: bool = False):
 
 
 # --- unfold / fold ---------------------------------------------------------------------------------
+@_batched("(B, C, H, W)", "(C, H, W)")
 def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
     """Extract sliding local blocks, as ``torch.nn.functional.unfold``.
 
@@ -177,7 +200,6 @@ def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tenso
     Backward: the gradient folds back, ``fold(g)`` (the adjoint: overlapping positions sum).
     """
     x = _as_tensor(input)
-    _check_input(x, 4, "unfold", "(B, C, H, W)")
     w = _window("unfold", x.shape[2:], _pair(kernel_size, "kernel_size", "unfold"),
                 _pair(dilation, "dilation", "unfold"), _pair(stride, "stride", "unfold"),
                 _symmetric(_pair(padding, "padding", "unfold", minimum=0)))
@@ -189,6 +211,7 @@ def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tenso
     return Tensor.from_op(cols.reshape(B, -1, w.out[0] * w.out[1]), (x,), backward, "unfold")
 
 
+@_batched("(B, C*kh*kw, L)", "(C*kh*kw, L)")
 def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
     """Sum sliding local blocks into an image, as ``torch.nn.functional.fold`` (the adjoint of unfold).
 
@@ -199,7 +222,6 @@ def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=
     Backward: ``unfold(g)``.
     """
     x = _as_tensor(input)
-    _check_input(x, 3, "fold", "(B, C*kh*kw, L)")
     size = _pair(output_size, "output_size", "fold")
     kernel = _pair(kernel_size, "kernel_size", "fold")
     w = _window("fold", size, kernel, _pair(dilation, "dilation", "fold"), _pair(stride, "stride", "fold"),
@@ -235,6 +257,7 @@ def _conv_padding(padding, kernel: tuple, dilation: tuple, stride: tuple) -> tup
     return _symmetric(_pair(padding, "padding", "conv2d", minimum=0))
 
 
+@_batched("(B, C, H, W)", "(C, H, W)")
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
            groups: int = 1) -> Tensor:
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
@@ -249,7 +272,6 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         dbias  = sum over b, y, x of g
     """
     x, weight = _as_tensor(input), _as_tensor(weight)
-    _check_input(x, 4, "conv2d", "(B, C, H, W)")
     if weight.ndim != 4:
         raise ValueError(f"conv2d: weight must be 4-D (O, C/groups, kh, kw), got shape {tuple(weight.shape)}")
     if not _is_int(groups) or groups < 1:
@@ -320,6 +342,7 @@ def _pool_counts(n: int, k: int, s: int, p: int, o: int, include_pad: bool) -> n
     return end - start if include_pad else np.minimum(end, n) - np.maximum(start, 0)
 
 
+@_batched("(B, C, H, W)", "(C, H, W)")
 def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
     """Average over kh x kw windows, as ``torch.nn.functional.avg_pool2d``.
@@ -331,7 +354,6 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
     (a col2im of the broadcast gradient).
     """
     x = _as_tensor(input)
-    _check_input(x, 4, "avg_pool2d", "(B, C, H, W)")
     w = _pool_window("avg_pool2d", x, kernel_size, stride, padding, 1, ceil_mode)
     if divisor_override is not None:
         if not _is_int(divisor_override) or divisor_override == 0:
@@ -350,6 +372,7 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
     return Tensor.from_op(out, (x,), backward, "avg_pool2d")
 
 
+@_batched("(B, C, H, W)", "(C, H, W)")
 def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
     """Maximum over kh x kw windows, as ``torch.nn.functional.max_pool2d``.
 
@@ -358,7 +381,6 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, c
     a col2im of g routed to each window's winning offset (positions that win several windows sum).
     """
     x = _as_tensor(input)
-    _check_input(x, 4, "max_pool2d", "(B, C, H, W)")
     w = _pool_window("max_pool2d", x, kernel_size, stride, padding, dilation, ceil_mode)
     xp = x.xp
     buf = _padded(x.data, w, fill=-np.inf)
@@ -387,13 +409,18 @@ def _matmul_along(a, m, axis: int):
 
 
 def _pad_index(n: int, lo: int, hi: int, mode: str) -> np.ndarray:
-    """For each output position along one dim, the input index it copies (reflect, replicate, circular)."""
+    """For each output position along one dim, the input index it copies (reflect, replicate, circular).
+
+    Circular padding wraps around what is left after a negative amount crops (as torch): the kept
+    range [c0, n - c1) of length m, so output j (from -max(lo, 0)) copies c0 + j mod m.
+    """
     i = np.arange(-lo, n + hi)
     if mode == "reflect":
         return np.where(i < 0, -i, np.where(i >= n, 2 * (n - 1) - i, i))
     if mode == "replicate":
         return np.clip(i, 0, n - 1)
-    return i % n  # circular
+    c0, c1 = max(-lo, 0), max(-hi, 0)
+    return c0 + np.arange(-max(lo, 0), n - c0 - c1 + max(hi, 0)) % (n - c0 - c1)  # circular
 
 
 def pad(input: Tensor, pad: Sequence[int], mode: str = "constant", value: float | None = None) -> Tensor:
@@ -425,9 +452,10 @@ def pad(input: Tensor, pad: Sequence[int], mode: str = "constant", value: float 
         if mode == "reflect" and max(lo, hi) >= n:
             raise ValueError(f"pad: reflect padding must be smaller than the dim, got ({lo}, {hi}) for dim {axis} "
                              f"of size {n}")
-        if mode == "circular" and max(lo, hi) > n:
-            raise ValueError(f"pad: circular padding must be at most the dim, got ({lo}, {hi}) for dim {axis} "
-                             f"of size {n}")
+        kept = n - max(-lo, 0) - max(-hi, 0)
+        if mode == "circular" and (kept <= 0 or max(lo, hi) > kept):
+            raise ValueError(f"pad: circular padding must be at most the dim (after cropping), got ({lo}, {hi}) "
+                             f"for dim {axis} of size {n}")
 
     if mode == "constant":
         src, dst = [slice(None)] * x.ndim, [slice(None)] * x.ndim

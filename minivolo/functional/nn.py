@@ -338,7 +338,8 @@ def _check_reduction(op: str, reduction: str) -> None:
 
 
 def _class_distribution(op: str, input: Tensor, target, weight, ignore_index: int, smoothing: float):
-    """For class-index targets, the per-element target distribution q (N, C, *) and the mean's divisor.
+    """For class-index targets: the per-element target distribution q (N, C, *), the mean's divisor,
+    and the mask (N, 1, *) of the elements that count.
 
         q_ic = ((1 - smoothing) [c = t_i] + smoothing / C) * w_c,   zero for rows with t_i = ignore_index
         divisor = sum over non-ignored i of w_{t_i}   (their count without weights)
@@ -360,9 +361,9 @@ def _class_distribution(op: str, input: Tensor, target, weight, ignore_index: in
         q += smoothing / c
     q *= xp.expand_dims(valid, 1)
     if weight is None:
-        return q, valid.sum().astype(input.dtype)
+        return q, valid.sum().astype(input.dtype), xp.expand_dims(valid, 1)
     w = weight.reshape(classes.shape).astype(input.dtype, copy=False)
-    return q * w, (weight.astype(input.dtype, copy=False)[t] * valid).sum()
+    return q * w, (weight.astype(input.dtype, copy=False)[t] * valid).sum(), xp.expand_dims(valid, 1)
 
 
 def _reduce(loss, reduction: str, divisor):
@@ -384,10 +385,14 @@ def cross_entropy(input: Tensor, target, weight: Tensor | None = None, ignore_in
         weights w_c; elements with t = ignore_index count nothing; "mean" divides by the summed weight
         w_{t_i} of the counted elements (their number without weights), as PyTorch;
       * class probabilities, floats shaped like input: q = (p (1 - ls) + ls / C) w_c; "mean" divides
-        by the number of elements N d1 ... (weights or not), as PyTorch; gradients flow to the target.
-    Fused: dx = r (softmax(x) sum_c q_c - q), r the reduction's factor; d target = -r (1 - ls) w log p.
+        by the number of elements N d1 ... (weights or not), as PyTorch; gradients flow to the target
+        and to the weights.
+    Fused: dx = r (softmax(x) sum_c q_c - q), r the reduction's factor (dx = 0 for ignored elements, also
+    when all are ignored and the mean is 0/0 = NaN, as PyTorch); d target = -r (1 - ls) w log p;
+    d w_c = -sum r (p (1 - ls) + ls / C) log p_c.
     """
     _check_reduction("cross_entropy", reduction)
+    weight = weight if weight is None or isinstance(weight, Tensor) else Tensor(weight, device=input.device)
     if not 0 <= label_smoothing <= 1:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     target = target if isinstance(target, Tensor) else Tensor(target, device=input.device)
@@ -408,44 +413,55 @@ def cross_entropy(input: Tensor, target, weight: Tensor | None = None, ignore_in
             raise ValueError(f"cross_entropy: probability target must have the input's shape {input.shape}, "
                              f"got {target.shape}")
         wb = 1 if w is None else w.reshape((1, c) + (1,) * (input.ndim - 2))
-        q = (target.data * (1 - label_smoothing) + label_smoothing / c) * wb if label_smoothing \
-            else target.data * wb
+        smoothed = target.data * (1 - label_smoothing) + label_smoothing / c if label_smoothing else target.data
+        q, valid = smoothed * wb, None
         divisor = xp.asarray(input.size // c, dtype=input.dtype)
     else:
-        q, divisor = _class_distribution("cross_entropy", input, target.data, w, ignore_index,
-                                         label_smoothing)
+        q, divisor, valid = _class_distribution("cross_entropy", input, target.data, w, ignore_index,
+                                                label_smoothing)
     out, back = _reduce(-(q * logp).sum(axis=1), reduction, divisor)
-    parents = (input, target) if probs else (input,)
+    # with probability targets the loss is differentiable in the target and in the class weights too
+    parents = (input,) + ((target,) + (() if weight is None else (weight,)) if probs else ())
 
     def backward(g):
         r = xp.expand_dims(back(g), 1) if reduction == "none" else back(g)
-        gx = r * (xp.exp(logp) * q.sum(axis=1, keepdims=True) - q) if input.requires_grad else None
-        if not probs:
-            return (gx,)
-        gt = -(1 - label_smoothing) * r * wb * logp if target.requires_grad else None
-        return gx, gt
+        gx = gt = gw = None
+        if input.requires_grad:
+            gx = r * (xp.exp(logp) * q.sum(axis=1, keepdims=True) - q)
+            if valid is not None:  # ignored elements get exactly 0 (not 0 * inf when all are ignored)
+                gx = xp.where(valid, gx, xp.zeros((), gx.dtype))
+        if probs and target.requires_grad:
+            gt = -(1 - label_smoothing) * r * wb * logp
+        if probs and weight is not None and weight.requires_grad:
+            gw = -(r * smoothed * logp).sum(axis=(0,) + tuple(range(2, input.ndim)))
+        return (gx, gt, gw)[:len(parents)]
     return Tensor.from_op(out, parents, backward, "cross_entropy")
 
 
 def nll_loss(input: Tensor, target, weight: Tensor | None = None, ignore_index: int = -100,
              reduction: str = "mean") -> Tensor:
-    """``-w_{t_i} x_{i, t_i}`` per element for log-probabilities x (N, C, *) and class indices t (N, *).
+    """``-w_{t_i} x_{i, t_i}`` per element for log-probabilities x (N, C, *) (or (C,) unbatched) and
+    class indices t (N, *) (or a scalar).
 
     Elements with t = ignore_index count nothing; "mean" divides by the summed weights w_{t_i}.
-    dx = -r q with q the weighted one-hot targets and r the reduction's factor.
+    dx = -r q with q the weighted one-hot targets and r the reduction's factor (0 for ignored elements).
     """
     _check_reduction("nll_loss", reduction)
+    target = target.data if isinstance(target, Tensor) else input.xp.asarray(target)
+    if input.ndim == 1:  # unbatched: (C,) with a scalar class index
+        out = nll_loss(input.reshape(1, -1), target.reshape((1,) + target.shape), weight, ignore_index,
+                       reduction)
+        return out.reshape(()) if reduction == "none" else out
     if input.ndim < 2:
-        raise ValueError(f"nll_loss: input must be (N, C, *), got shape {input.shape}")
-    target = target.data if isinstance(target, Tensor) else target
-    q, divisor = _class_distribution("nll_loss", input, target, None if weight is None else weight.data,
-                                     ignore_index, 0.0)
+        raise ValueError(f"nll_loss: input must be (N, C, *) or (C,), got shape {input.shape}")
+    weight = weight.data if isinstance(weight, Tensor) else None if weight is None else input.xp.asarray(weight)
+    q, divisor, valid = _class_distribution("nll_loss", input, target, weight, ignore_index, 0.0)
     out, back = _reduce(-(q * input.data).sum(axis=1), reduction, divisor)
     xp = input.xp
 
     def backward(g):
         r = xp.expand_dims(back(g), 1) if reduction == "none" else back(g)
-        return (-r * q,)
+        return (xp.where(valid, -r * q, xp.zeros((), q.dtype)),)
     return Tensor.from_op(out, (input,), backward, "nll_loss")
 
 

@@ -137,6 +137,11 @@ class BatchNorm2d(Module):
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, use_batch,
                             factor, self.eps)
 
+    def _state_defaults(self, state_dict: dict, prefix: str) -> None:
+        """Checkpoints from before PyTorch 0.4.1 have no num_batches_tracked: keep our count, as torch."""
+        if self.num_batches_tracked is not None:
+            state_dict.setdefault(prefix + "num_batches_tracked", self.num_batches_tracked.data)
+
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
                 f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}")
@@ -219,15 +224,16 @@ class AvgPool2d(Module):
     """Average pooling over kernel_size windows.  x (N, C, H, W) -> (N, C, H', W')."""
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
-                 count_include_pad: bool = True):
+                 count_include_pad: bool = True, divisor_override: int | None = None):
         super().__init__()
         self.kernel_size = kernel_size
         self.stride = kernel_size if stride is None else stride
         self.padding, self.ceil_mode, self.count_include_pad = padding, ceil_mode, count_include_pad
+        self.divisor_override = divisor_override
 
     def forward(self, x: Tensor) -> Tensor:
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                            self.count_include_pad)
+                            self.count_include_pad, self.divisor_override)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"

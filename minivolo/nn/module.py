@@ -80,12 +80,14 @@ class Module:
         return self.forward(*args, **kwargs)
 
     # --- traversal -----------------------------------------------------------------------------
-    def named_modules(self, prefix: str = "") -> Iterator[tuple]:
+    def named_modules(self, prefix: str = "", remove_duplicate: bool = True) -> Iterator[tuple]:
+        """(dotted name, module) for this module and every descendant, depth first; a module reachable
+        by several paths comes once unless ``remove_duplicate=False`` (as torch)."""
         stack = [(prefix, self)]
         seen = set()
         while stack:
             name, module = stack.pop()
-            if id(module) in seen:
+            if remove_duplicate and id(module) in seen:
                 continue
             seen.add(id(module))
             yield name, module
@@ -163,9 +165,12 @@ class Module:
 
     # --- state_dict ----------------------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Every parameter, then every buffer, of each module in order, as host NumPy copies."""
+        """Every parameter, then every buffer, of each module in order, as host NumPy copies.
+
+        A module used in several places appears under each of its names, as in torch.
+        """
         out = OrderedDict()
-        for mname, module in self.named_modules():
+        for mname, module in self.named_modules(remove_duplicate=False):
             for table in (module._parameters, module._buffers):
                 for k, v in table.items():
                     if v is not None:
@@ -179,8 +184,10 @@ class Module:
         Shape mismatches are always an error; with ``strict``, missing and unexpected keys are too.
         All problems are reported together in one ``KeyError``/``ValueError`` message.
         """
+        state_dict = dict(state_dict)  # the defaults below go into a copy, not the caller's dict
         own = OrderedDict()
-        for mname, module in self.named_modules():
+        for mname, module in self.named_modules(remove_duplicate=False):
+            module._state_defaults(state_dict, f"{mname}." if mname else "")
             for table in (module._parameters, module._buffers):
                 for k, v in table.items():
                     if v is not None:
@@ -210,6 +217,10 @@ class Module:
             target.data = backend.to_device(value, target.device).astype(target.dtype, copy=True)
         return IncompatibleKeys(missing, unexpected)
 
+    def _state_defaults(self, state_dict: dict, prefix: str) -> None:
+        """Add to ``state_dict`` (in place) the entries this module may take from older checkpoints
+        that lack them; ``prefix`` is the module's dotted name plus "."."""
+
     # --- printing ------------------------------------------------------------------------------
     def extra_repr(self) -> str:
         return ""
@@ -229,6 +240,12 @@ class Sequential(Module):
             setattr(self, str(i), m)
 
     def __getitem__(self, i):
+        """The i-th module; a slice gives a Sequential of those modules under their names (as torch)."""
+        if isinstance(i, slice):
+            part = Sequential()
+            for name, m in list(self._modules.items())[i]:
+                setattr(part, name, m)
+            return part
         return list(self._modules.values())[i]
 
     def __len__(self) -> int:
@@ -256,7 +273,9 @@ class ModuleList(Module):
         return self
 
     def __getitem__(self, i):
-        return list(self._modules.values())[i]
+        """The i-th module; a slice gives a new ModuleList, renumbered from 0 (as torch)."""
+        modules = list(self._modules.values())[i]
+        return ModuleList(modules) if isinstance(i, slice) else modules
 
     def __len__(self) -> int:
         return len(self._modules)
