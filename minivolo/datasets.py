@@ -158,14 +158,22 @@ def _load_idx(root: Path, train: bool, classes: list[str]) -> ArrayDataset:
     return ArrayDataset(images[:, None], labels, classes)
 
 
-def _unpickle(path: Path) -> dict:
+def _unpickle(path: Path, *keys: bytes) -> list:
+    """The entries ``keys`` of a CIFAR pickle (a dict); ValueError naming the file when one is missing."""
     # The CIFAR python batches are pickles written by Python 2 (hence encoding="bytes"). Unpickling
     # runs code: only load CIFAR files from a source you trust.
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+            content = pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as e:
         raise ValueError(f"{path}: not a readable CIFAR pickle ({e})") from e
+    missing = [k.decode() for k in keys if not isinstance(content, dict) or k not in content]
+    if missing:
+        found = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in content) \
+            if isinstance(content, dict) else type(content).__name__
+        raise ValueError(f"{path}: not a CIFAR file of this kind: expected entries {', '.join(missing)}, "
+                         f"found {found}")
+    return [content[k] for k in keys]
 
 
 def _load_cifar(root: Path, train: bool, cifar100: bool) -> ArrayDataset:
@@ -176,16 +184,17 @@ def _load_cifar(root: Path, train: bool, cifar100: bool) -> ArrayDataset:
     else:
         batches = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
         meta, names_key, labels_key = "batches.meta", b"label_names", b"labels"
-    classes = [n.decode() for n in _unpickle(_file_in(root, meta))[names_key]]
+    names, = _unpickle(_file_in(root, meta), names_key)
+    classes = [n.decode() for n in names]
     images, labels = [], []
     for name in batches:
         path = _file_in(root, name)
-        batch = _unpickle(path)
-        data = np.asarray(batch[b"data"], np.uint8)
+        data, batch_labels = _unpickle(path, b"data", labels_key)
+        data = np.asarray(data, np.uint8)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise ValueError(f"{path}: expected data of shape (N, 3072), got {data.shape}")
         images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[labels_key], np.int64))
+        labels.append(np.asarray(batch_labels, np.int64))
     return ArrayDataset(np.concatenate(images), np.concatenate(labels), classes)
 
 
@@ -265,7 +274,8 @@ def load_dataset(name: str = "fashion-mnist-subset", root: str | Path | None = N
     default_root, loader = _DATASETS[name]
     if root is None:
         if default_root is None:
-            raise ValueError(f"dataset {name!r} has no default location; pass root=<folder>")
+            raise ValueError(f"dataset {name!r} has no default location; pass root=<folder> "
+                             "(--data-dir on the command line)")
         root = default_root
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -285,6 +295,8 @@ class RandomCrop:
     """
 
     def __init__(self, size: int | Sequence[int], padding: int = 0):
+        if padding < 0:
+            raise ValueError(f"RandomCrop: padding must be >= 0, got {padding}")
         self.size, self.padding = _pair(size), int(padding)
 
     def __call__(self, x, rng: np.random.Generator):
@@ -382,8 +394,8 @@ class DataLoader:
     def __init__(self, dataset: ArrayDataset, batch_size: int = 128, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, transform: Callable | None = None,
                  device: str = "cpu", scale: float = 1 / 255):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
         self.seed, self.transform, self.device, self.scale = seed, transform, device, scale
         self.epoch = 0

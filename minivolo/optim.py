@@ -99,8 +99,11 @@ class Optimizer:
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(f"param group {i}: optimizer state has {len(saved['params'])} parameters, "
                                  f"this optimizer has {len(group['params'])}")
-        self.state = {}
+        state = {}  # built aside: a mismatch found halfway leaves this optimizer as it was
         for key, entry in state_dict["state"].items():
+            if not 0 <= int(key) < len(params):
+                raise ValueError(f"optimizer state for parameter {key}, this optimizer has {len(params)} "
+                                 f"parameters (0..{len(params) - 1})")
             p = params[int(key)]
             restored = {}
             for k, v in entry.items():
@@ -112,7 +115,8 @@ class Optimizer:
                 elif backend.is_array(v):  # a 0-d array from a checkpoint: back to a Python number
                     v = v.item()
                 restored[k] = v
-            self.state[id(p)] = restored
+            state[id(p)] = restored
+        self.state = state
         for saved, group in zip(groups, self.param_groups):
             group.update({k: v for k, v in saved.items() if k != "params"})
 

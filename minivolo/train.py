@@ -97,6 +97,8 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError(f"clip_grad must be > 0 (or None for no clipping), got {self.clip_grad}")
+        if self.seed < 0:  # numpy's SeedSequence takes no negative seeds
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         for key in ("max_train", "max_test", "img_size"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
@@ -476,8 +478,9 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, data_dir: str |
 def _read_input(image, in_chans: int) -> np.ndarray:
     """An image file (png/jpg) or ``.npy`` array, or an array, as (C, H, W) float32 in [0, 1].
 
-    Arrays may be (H, W), (C, H, W) or (H, W, C); uint8 is scaled by 1/255, floats are taken as [0, 1].
-    Greyscale is repeated for colour models; colour is averaged for greyscale models.
+    Arrays may be (H, W), (C, H, W) or (H, W, C); uint8 is scaled by 1/255, uint16 by 1/65535, floats
+    must lie in [0, 1] (other dtypes and ranges are ValueErrors: guessing the scale would silently give
+    wrong predictions). Greyscale is repeated for colour models; colour is averaged for greyscale models.
     """
     name = image if isinstance(image, (str, Path)) else "array"
     if isinstance(image, (str, Path)):
@@ -493,7 +496,13 @@ def _read_input(image, in_chans: int) -> np.ndarray:
     if a.ndim != 3 or a.shape[0] not in (1, 3):
         raise ValueError(f"{name}: expected an image (H, W), (C, H, W) or (H, W, C) with 1 or 3 channels, "
                          f"got shape {a.shape}")
-    a = a.astype(np.float32) / (255.0 if a.dtype == np.uint8 else 1.0)
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(a.dtype)
+    if scale is None and a.dtype.kind != "f":
+        raise ValueError(f"{name}: expected uint8, uint16 or float pixels, got {a.dtype}")
+    if scale is None and a.size and not (a.min() >= 0 and a.max() <= 1):  # NaN fails too
+        raise ValueError(f"{name}: expected float pixels in [0, 1], got values in "
+                         f"[{a.min():.4g}, {a.max():.4g}] (divide 0..255 images by 255)")
+    a = a.astype(np.float32) / (scale or 1.0)
     if a.shape[0] != in_chans:
         a = np.repeat(a, in_chans, axis=0) if a.shape[0] == 1 else a.mean(axis=0, keepdims=True)
     return a

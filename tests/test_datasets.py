@@ -396,3 +396,33 @@ def test_loader_on_cuda_matches_cpu():
         assert backend.device_of(xg) == "cuda" and backend.device_of(yg) == "cuda"
         np.testing.assert_allclose(backend.to_numpy(xg), xc, rtol=1e-6)
         np.testing.assert_array_equal(backend.to_numpy(yg), yc)
+
+
+@pytest.mark.parametrize("files,message", [
+    ({"batches.meta": [1, 2]}, r"batches.meta: not a CIFAR file of this kind: expected entries label_names, found list"),
+    ({"batches.meta": {b"label_names": [b"a"] * 10}, "test_batch": {b"data": np.zeros((2, 3072), np.uint8)}},
+     r"test_batch: not a CIFAR file of this kind: expected entries labels, found \['data'\]"),
+    ({"batches.meta": {b"label_names": [b"a"] * 10},  # a CIFAR-100 batch where CIFAR-10's belongs
+      "test_batch": {b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [0, 1]}},
+     r"expected entries labels, found \['data', 'fine_labels'\]"),
+])
+def test_cifar_wrong_files_are_value_errors(tmp_path, files, message):
+    for name, content in files.items():
+        _pickle(tmp_path / name, content)
+    with pytest.raises(ValueError, match=message):
+        load_dataset("cifar10", root=tmp_path, train=False)
+
+
+def test_loader_batch_larger_than_dataset_matches_torch():
+    torch = pytest.importorskip("torch")
+    for n, batch_size, drop_last in [(5, 8, False), (5, 8, True), (5, 5, True), (7, 3, False), (7, 3, True)]:
+        ours = DataLoader(_toy(n), batch_size=batch_size, shuffle=True, drop_last=drop_last)
+        theirs = torch.utils.data.DataLoader(list(range(n)), batch_size=batch_size, drop_last=drop_last)
+        assert len(ours) == len(theirs) and [len(x) for x, _ in ours] == [len(b) for b in theirs]
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 2.5"):
+        DataLoader(_toy(4), batch_size=2.5)
+
+
+def test_random_crop_rejects_negative_padding():
+    with pytest.raises(ValueError, match="padding must be >= 0, got -1"):
+        RandomCrop(4, padding=-1)

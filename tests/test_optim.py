@@ -249,3 +249,20 @@ def test_lambda_lr():
     sched.step()
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def test_load_state_dict_rejects_unknown_parameter_index_and_keeps_its_state():
+    p = Parameter(np.ones(3))
+    opt = optim.AdamW([p], lr=0.1)
+    p.grad = mv.Tensor(np.full(3, 0.5))
+    opt.step()
+    before = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in opt.state[id(p)].items()}
+    sd = opt.state_dict()
+    bad = {"state": {0: sd["state"][0], 3: sd["state"][0]}, "param_groups": sd["param_groups"]}
+    with pytest.raises(ValueError, match=r"parameter 3, this optimizer has 1 parameters"):
+        opt.load_state_dict(bad)
+    bad = {"state": {0: {**sd["state"][0], "exp_avg": np.zeros(2)}}, "param_groups": sd["param_groups"]}
+    with pytest.raises(ValueError, match="shape"):
+        opt.load_state_dict(bad)
+    assert opt.state[id(p)]["step"] == before["step"] == 1  # the failed loads left the state alone
+    np.testing.assert_array_equal(opt.state[id(p)]["exp_avg"], before["exp_avg"])

@@ -203,6 +203,10 @@ def test_cli_train_evaluate_predict(tmp_path, run):
     (["train", "--dataset", "imagenet"], "invalid choice"),
     (["evaluate", "nowhere/last.npz"], "error: no checkpoint at nowhere/last.npz"),
     (["train", "--dataset", "mnist", "--data-dir", "no-such-folder"], "error: root: no such directory"),
+    (["train", "--seed", "-1"], "error: seed must be >= 0, got -1"),
+    (["train", "--model", "volo_nano", "--img-size", "7", "--max-train", "64", "--quiet"],
+     "error: img_size 7x7 is too small for patch_size 4"),
+    (["train", "--resume", "no-such-run"], "error: no checkpoint at no-such-run"),
 ])
 def test_cli_user_errors_exit_2_without_traceback(args, message, tmp_path):
     r = _cli(*args, cwd=tmp_path)
@@ -216,3 +220,34 @@ def test_cli_corrupt_checkpoint(run, tmp_path):
     bad.write_bytes(bad.read_bytes()[:1000])
     r = _cli("evaluate", bad)
     assert r.returncode == 2 and "bad.npz" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_predict_input_scales(run, tmp_path):
+    """uint16 is scaled by 1/65535 (same prediction as the uint8 image); other scales are errors, not
+    silently wrong predictions."""
+    from minivolo.datasets import load_dataset
+    ckpt = run["run_dir"] / "best.npz"
+    img = load_dataset(train=False).images[0, 0]
+    u8, u16 = T.predict(ckpt, [img, img.astype(np.uint16) * 257], topk=10)
+    assert [c for c, _ in u8] == [c for c, _ in u16]
+    np.testing.assert_allclose([p for _, p in u8], [p for _, p in u16], rtol=1e-5)
+    np.save(tmp_path / "x255.npy", img.astype(np.float64))
+    with pytest.raises(ValueError, match=r"x255.npy: expected float pixels in \[0, 1\], got values in \[0, 255\]"):
+        T.predict(ckpt, [tmp_path / "x255.npy"])
+    with pytest.raises(ValueError, match="expected float pixels"):
+        T.predict(ckpt, [np.full((28, 28), np.nan)])
+    with pytest.raises(ValueError, match="expected uint8, uint16 or float pixels, got int64"):
+        T.predict(ckpt, [img.astype(np.int64)])
+
+
+def test_negative_seed_is_a_config_error(tmp_path):
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        T.train(out=str(tmp_path), seed=-1, progress=False)
+
+
+def test_cli_cuda_without_a_gpu_is_a_user_error(tmp_path):
+    from minivolo import backend
+    if backend.cuda_available():
+        pytest.skip("a GPU is available here")
+    r = _cli("train", "--device", "cuda", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr

@@ -15,6 +15,9 @@ from minivolo.models import (VOLO, OutlookAttention, create_model, list_models, 
 from timm_shim import import_timm
 
 torch = pytest.importorskip("torch")
+# One thread for the reference: after each parallel op torch's OpenMP workers spin, starving NumPy's BLAS
+# on the same cores (measured on 2 busy cores: 3 s instead of 0.1 s per small-network comparison).
+torch.set_num_threads(1)
 
 RTOL = {np.float64: 1e-10, np.float32: 1e-5}   # a single block
 RTOL_NET = {np.float64: 1e-9, np.float32: 1e-4}  # a whole network
@@ -328,3 +331,196 @@ def test_load_pretrained_reports_wrong_config(timm, tmp_path):
         load_pretrained(VOLO(**TINY), str(tmp_path / "other.pth"))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_pretrained(VOLO(**TINY), str(tmp_path / "missing.pth"))
+
+
+# --- (g) configurations beyond the presets ----------------------------------------------------------
+@pytest.mark.parametrize("extra", [
+    dict(layers=(1, 1, 1, 1), downsamples=(True, False, True, False), img_size=64),
+    dict(layers=(1, 1, 2), embed_dims=(16, 32, 32), num_heads=(2, 4, 4), downsamples=(True, False, False),
+         outlook_attention=(True, False, False), post_layers=("ca",), global_pool="avg"),
+    dict(post_layers=None),
+    dict(num_classes=0, global_pool=""),
+    dict(in_chans=1, patch_size=16, img_size=64),
+    dict(img_size=(32, 48), mlp_ratio=(2., 3., 4., 1.5)),
+    dict(img_size=36, qkv_bias=True, use_aux_head=False),
+], ids=["downsample-twice", "three-stages-one-ca-avg", "no-post", "headless-no-pool", "grey-patch16",
+        "non-square", "odd-size-bias-no-aux"])
+def test_volo_configs_match_timm(timm, extra):
+    """Eval logits, features, pre-logits and train-mode gradients of configurations beyond the presets."""
+    dtype = np.float64
+    cfg = {**TINY, **extra}
+    theirs, ours = twin(timm.models.volo.VOLO(**cfg).eval(), VOLO(**cfg).eval(), dtype)
+    hw = cfg["img_size"] if isinstance(cfg["img_size"], tuple) else (cfg["img_size"],) * 2
+    x, xt = inputs((2, cfg.get("in_chans", 3)) + hw, dtype)
+    with torch.no_grad():
+        feats_t = theirs.forward_features(xt)
+        ref = {"logits": theirs(xt), "features": feats_t, "pre-logits": theirs.forward_head(feats_t, True)}
+    with mv.no_grad():
+        feats = ours.forward_features(x)
+        got = {"logits": ours(x), "features": feats, "pre-logits": ours.forward_head(feats, pre_logits=True)}
+    for what in ref:
+        assert_close(got[what].numpy(), ref[what].numpy(), RTOL_NET[dtype], what)
+    theirs.train(), ours.train()
+    out, out_t = ours(x), theirs(xt)
+    assert_close(out.numpy(), out_t.detach().numpy(), RTOL_NET[dtype], "train-mode output")
+    backward_both([out], [out_t])
+    assert_close(x.grad.numpy(), xt.grad.numpy(), RTOL_NET[dtype], "input gradient")
+    theirs_params = dict(theirs.named_parameters())
+    assert [n for n, _ in ours.named_parameters()] == list(theirs_params)
+    for name, p in ours.named_parameters():  # without post_layers timm's forward leaves out one token
+        ref_grad = theirs_params[name].grad
+        assert (p.grad is None) == (ref_grad is None), name
+        if ref_grad is not None:
+            assert_close(p.grad.numpy(), ref_grad.numpy(), RTOL_NET[dtype], f"gradient of {name}")
+
+
+def test_drop_rates_are_identity_in_eval_and_drop_path_rule_matches_timm(timm):
+    cfg = dict(TINY, layers=(2, 3, 4, 1), drop_rate=.3, pos_drop_rate=.2, attn_drop_rate=.2, drop_path_rate=.3)
+    theirs, ours = twin(timm.models.volo.VOLO(**cfg).eval(), VOLO(**cfg).eval(), np.float64)
+    rates = {n: m.drop_prob for n, m in ours.named_modules() if type(m).__name__ == "DropPath"}
+    assert rates == {n: m.drop_prob for n, m in theirs.named_modules() if type(m).__name__ == "DropPath"}
+    assert rates["network.2.0.drop_path1"] == pytest.approx(.3 * 2 / 9) and len(rates) == 2 * 8  # no outlooker
+    x, xt = inputs((2, 3, 32, 32), np.float64)
+    with torch.no_grad():
+        ref = theirs(xt).numpy()
+    with mv.no_grad():
+        assert_close(ours(x).numpy(), ref, RTOL_NET[np.float64], "eval logits with drop rates")
+
+
+def test_rand_bbox_matches_timm(timm, monkeypatch):
+    """Same lam and centre -> same box, for many lam (timm computes the side in float32: at lam = 1e-8
+    float64 gives n - 1), grids and centres, the clipping at the edges and non-square grids included."""
+    from minivolo.models.volo import rand_bbox
+
+    class Centre:  # stands in for the generator: hands out the given centre
+        def __init__(self, c):
+            self.c = list(c)
+
+        def integers(self, low, high):
+            assert 0 <= self.c[0] < high
+            return self.c.pop(0)
+
+    rng = np.random.default_rng(0)
+    lams = np.concatenate([rng.random(300), [0., 1e-8, 1e-7, .19, .36, .5, .75, 1. - 1e-7, 1.]]).astype(np.float32)
+    for i, lam in enumerate(lams):
+        H, W, scale = [(8, 8, 2), (14, 10, 2), (7, 9, 1), (16, 12, 4)][i % 4]
+        centre = (int(rng.integers(0, H // scale)), int(rng.integers(0, W // scale)))
+        draws = [torch.tensor([c]) for c in centre]
+        monkeypatch.setattr(torch, "randint", lambda *a, **k: draws.pop(0))
+        ref = timm.models.volo.rand_bbox((2, H, W, 4), torch.tensor(lam), scale=scale)
+        monkeypatch.undo()
+        assert rand_bbox((H // scale, W // scale), float(lam), Centre(centre)) == tuple(ref), (lam, H, W, centre)
+
+
+def test_mix_token_on_a_non_square_grid_matches_timm(timm, monkeypatch):
+    """The box's first pair indexes H (timm's "x" quirk): on a 2x3 grid an asymmetric box tells."""
+    cfg = dict(TINY, img_size=(32, 48), use_mix_token=True)
+    theirs, ours = twin(timm.models.volo.VOLO(**cfg).train(), VOLO(**cfg).train(), np.float64)
+    box = (0, 1, 1, 3)  # rows 0:1, columns 1:3 of the 2x3 pooled grid
+    monkeypatch.setattr(timm.models.volo, "rand_bbox", lambda size, lam, scale=1: box)
+    x, xt = inputs((3, 3, 32, 48), np.float64)
+    cls, aux, bbox = ours.forward_train(x, bbox=box)
+    feats_t, aux_t, _ = theirs.forward_train(xt)
+    assert_close(cls.numpy(), theirs.head(feats_t).detach().numpy(), RTOL_NET[np.float64], "class logits")
+    assert_close(aux.numpy(), aux_t.detach().numpy(), RTOL_NET[np.float64], "aux logits")
+
+
+@pytest.mark.parametrize("extra,message", [
+    (dict(embed_dims=(16, 32, 32, 48), downsamples=(True, False, True, False), img_size=64),
+     r"pos_embed is \(1, 8, 8, 48\) .* tokens entering network\[2\] are 8x8x32"),
+    (dict(pooling_scale=4, img_size=64), r"pos_embed is \(1, 4, 4, 32\) .* are 8x8x32"),
+    (dict(pooling_scale=1), r"pos_embed is \(1, 8, 8, 32\) .* are 4x4x32"),
+    (dict(img_size=23), r"pos_embed is \(1, 2, 2, 32\) .* are 3x3x32"),  # the stem rounds 23/2 up
+    (dict(img_size=7), r"img_size 7x7 is too small .* pos_embed grid is 0x0"),
+    (dict(outlook_attention=(True, True, False, False), downsamples=(False, True, False, False)),
+     r"stage 1 has embed_dim 32 but receives 16 channels"),
+    (dict(downsamples=(True, False, False, True)), r"downsamples\[3\] must be False"),
+    (dict(embed_dims=(16, 32, 32)), r"embed_dims of length 3"),
+    (dict(embed_dims=(16, 30, 30, 30)), r"dim=30, num_heads=4"),
+])
+def test_configs_timm_cannot_run_are_rejected_clearly(timm, extra, message):
+    """These fail in timm too, deep inside forward (or its constructor); ours says why when built."""
+    cfg = {**TINY, **extra}
+    with pytest.raises(ValueError, match=message):
+        VOLO(**cfg)
+    with pytest.raises((RuntimeError, IndexError)):
+        timm.models.volo.VOLO(**cfg)(torch.zeros((1, 3) + (cfg["img_size"],) * 2))
+
+
+def test_mix_token_needs_the_class_token():
+    model = VOLO(**dict(TINY, post_layers=None, use_mix_token=True)).train()
+    with pytest.raises(ValueError, match="mix-token needs post_layers"):
+        model.forward_train(mv.Tensor(np.zeros((2, 3, 32, 32), np.float32)))
+    assert model.eval()(mv.Tensor(np.zeros((2, 3, 32, 32), np.float32))).shape == (2, 5)  # as timm
+
+
+def test_factories_pass_kwargs_and_match_every_timm_count(timm, monkeypatch):
+    for fn in ("trunc_normal_", "kaiming_uniform_", "uniform_", "normal_"):
+        monkeypatch.setattr(mv.nn.init, fn, lambda t, *a, **k: t)
+    names = timm.list_models("volo*")
+    assert len(names) == 11 and set(names) <= set(list_models())
+    for name in [n for n in names if not n.endswith("_224")]:  # the 224s: test_parameter_shapes_match_timm
+        with torch.device("meta"):
+            theirs = timm.create_model(name)
+        ours = create_model(name)
+        assert ours.num_parameters() == sum(p.numel() for p in theirs.parameters()), name
+        assert ours.pos_embed.shape == tuple(theirs.pos_embed.shape), name
+    with torch.device("meta"):
+        theirs = timm.create_model("volo_d1_224", num_classes=10, img_size=64, in_chans=1)
+    ours = mv.models.volo_d1(num_classes=10, img_size=64, in_chans=1)
+    assert ours.num_parameters() == sum(p.numel() for p in theirs.parameters())
+    assert ours.pos_embed.shape == (1, 4, 4, 384) and ours.head.weight.shape == (10, 384)
+
+
+# --- (h) checkpoint containers and corrupt files -----------------------------------------------------
+def test_load_pretrained_containers_and_errors(timm, tmp_path):
+    theirs = timm.models.volo.VOLO(**TINY)
+    sd, ref_state = theirs.state_dict(), torch_state(theirs)
+    containers = {"ema.pth": {"state_dict_ema": sd, "epoch": 9},
+                  "nested.pth.tar": {"model": {"module." + k: v for k, v in sd.items()}, "args": {}}}
+    for name, tree in containers.items():
+        torch.save(tree, tmp_path / name)
+        ours = VOLO(**TINY)
+        load_pretrained(ours, str(tmp_path / name))
+        for k, v in ours.state_dict().items():
+            np.testing.assert_array_equal(v, ref_state[k], err_msg=f"{name}: {k}")
+    with pytest.raises(ValueError, match=r"head.weight: expected shape \(7, 32\), got \(5, 32\)"):
+        load_pretrained(VOLO(**dict(TINY, num_classes=7)), str(tmp_path / "ema.pth"))
+    for name, obj in {"list.pth": [1, 2], "tensor.pth": torch.zeros(3)}.items():
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(ValueError, match=f"{name}: expected a state_dict .* got"):
+            load_pretrained(VOLO(**TINY), str(tmp_path / name))
+
+
+def test_load_pretrained_shrinks_pos_embed(timm, tmp_path):
+    big = timm.models.volo.VOLO(**dict(TINY, img_size=(64, 48)))  # pos_embed grid 8x6
+    torch.save(big.state_dict(), tmp_path / "big.pth")
+    ours = VOLO(**TINY)  # 4x4
+    load_pretrained(ours, str(tmp_path / "big.pth"))
+    ref = torch.nn.functional.interpolate(big.pos_embed.detach().permute(0, 3, 1, 2), size=(4, 4), mode="bicubic",
+                                          align_corners=False).permute(0, 2, 3, 1)
+    assert_close(ours.pos_embed.numpy(), ref.numpy(), 1e-6, "pos_embed 8x6 -> 4x4")
+
+
+def _safetensors_bytes(header) -> bytes:
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return len(head).to_bytes(8, "little") + head + bytes(8)
+
+
+@pytest.mark.parametrize("header,message", [
+    (b"", "corrupt safetensors header"),
+    (b"[1, 2]", "expected a JSON object, got list"),
+    ({"a": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}, "unsupported dtype 'F8_E4M3'"),
+    ({"a": 3}, "unsupported dtype None"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 800]}}, "claims bytes 0..800 of 8"),
+    ({"a": {"dtype": "F32", "data_offsets": [0, 8]}}, "needs \"shape\""),
+    ({"a": {"dtype": "F32", "shape": [-2, -1], "data_offsets": [0, 8]}}, "needs \"shape\""),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0]}}, "\"data_offsets\""),
+    ({"__metadata__": {"format": "pt"}}, "no tensors found"),
+])
+def test_corrupt_safetensors_headers_are_value_errors(tmp_path, header, message):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(_safetensors_bytes(header))
+    with pytest.raises(ValueError, match="bad.safetensors") as err:
+        load_pretrained(VOLO(**TINY), str(path))
+    assert message in str(err.value)

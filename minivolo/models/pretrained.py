@@ -48,18 +48,25 @@ def read_safetensors(path: str) -> dict:
         header = json.loads(blob[8:8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: corrupt safetensors header (expected a JSON object, got "
+                         f"{type(header).__name__})")
     data = memoryview(blob)[8 + n:]
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        dtype = info.get("dtype")
+        dtype = info.get("dtype") if isinstance(info, dict) else None
         if dtype not in _SAFETENSORS_DTYPES:
             raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r} "
                              f"(supported: {', '.join(_SAFETENSORS_DTYPES)})")
         np_dtype = np.dtype(_SAFETENSORS_DTYPES[dtype])
-        shape = tuple(int(s) for s in info["shape"])
-        begin, end = info["data_offsets"]
+        shape, offsets = info.get("shape"), info.get("data_offsets")
+        if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)
+                and isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise ValueError(f"{path}: corrupt safetensors header: tensor {name!r} needs \"shape\" (a list of "
+                             f"sizes >= 0) and \"data_offsets\" ([begin, end]), got {info}")
+        shape, (begin, end) = tuple(shape), offsets
         if not 0 <= begin <= end <= len(data) or end - begin != int(np.prod(shape)) * np_dtype.itemsize:
             raise ValueError(f"{path}: truncated or corrupt: tensor {name!r} {dtype}{list(shape)} claims "
                              f"bytes {begin}..{end} of {len(data)}")
@@ -114,6 +121,8 @@ def read_state_dict(path: str) -> dict:
     else:
         raise ValueError(f"{path}: unknown checkpoint format; expected one of "
                          f"{', '.join(TORCH_SUFFIXES + ('.safetensors', '.npz'))}")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state_dict (a dict of name -> tensor), got {type(state).__name__}")
     for key in CONTAINER_KEYS:  # {"state_dict": {...}, "epoch": ..., "optimizer": ...}
         if isinstance(state.get(key), dict):
             state = state[key]

@@ -223,6 +223,8 @@ class Attention(Module):
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.,
                  proj_drop: float = 0.):
         super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -338,13 +340,15 @@ class Downsample(Module):
 def rand_bbox(grid_hw: tuple, lam: float, rng: np.random.Generator | None = None) -> tuple:
     """A random box on a token grid for mix-token (as timm's ``rand_bbox``), in grid coordinates.
 
-    Side lengths int(n · sqrt(1 − lam)), centre uniform, clipped to the grid. Returns
+    Side lengths int(n · sqrt(1 − lam)) (float32), centre uniform, clipped to the grid. Returns
     (bbx1, bby1, bbx2, bby2) where, as in the original code, the "x" pair indexes the first (H) axis.
     """
     rng = rng or backend.generator("cpu")
     n1, n2 = grid_hw
-    cut_rat = math.sqrt(1. - lam)
-    cut1, cut2 = int(n1 * cut_rat), int(n2 * cut_rat)
+    # in float32, as timm (lam is a float32 tensor there): float64 rounds n·sqrt(1 − lam) differently
+    # near integers, e.g. lam = 1e-8 gives a side of n there and n − 1 in float64
+    cut_rat = np.sqrt(np.float32(1) - np.float32(lam))
+    cut1, cut2 = int(np.float32(n1) * cut_rat), int(np.float32(n2) * cut_rat)
     c1, c2 = int(rng.integers(0, n1)), int(rng.integers(0, n2))
     return (int(np.clip(c1 - cut1 // 2, 0, n1)), int(np.clip(c2 - cut2 // 2, 0, n2)),
             int(np.clip(c1 + (cut1 + 1) // 2, 0, n1)), int(np.clip(c2 + (cut2 + 1) // 2, 0, n2)))
@@ -406,6 +410,8 @@ class VOLO(Module):
             raise ValueError("use_mix_token needs global_pool='token' (mix-token returns all tokens)")
         if any(b != "ca" for b in post_layers or ()):
             raise ValueError(f"post_layers may only contain 'ca' (class attention), got {post_layers}")
+        _check_geometry(_pair(img_size), patch_size, pooling_scale, layers, embed_dims, num_heads, downsamples,
+                        outlook_attention)
         n_stages = len(layers)
         mlp_ratio = tuple(mlp_ratio) if isinstance(mlp_ratio, (tuple, list)) else (mlp_ratio,) * n_stages
         self.img_size = _pair(img_size)
@@ -542,6 +548,9 @@ class VOLO(Module):
         s = self.pooling_scale
         grid = (x.shape[1] // s, x.shape[2] // s)
         if mixing:
+            if self.post_network is None:
+                raise ValueError("mix-token needs post_layers (the class token): without it token 0 is an "
+                                 "image token and the aux logits miss one")
             if bbox is None:
                 lam = float(backend.generator("cpu").beta(self.beta, self.beta))
                 bbox = rand_bbox(grid, lam)
@@ -568,6 +577,44 @@ class VOLO(Module):
     def mix_token_lambda(self, bbox: tuple) -> float:
         """``mix_token_lambda(bbox, grid)`` on this model's pooled token grid."""
         return mix_token_lambda(bbox, tuple(self.pos_embed.shape[1:3]))
+
+
+def _check_geometry(img_size: tuple, patch_size: int, pooling_scale: int, layers, embed_dims, num_heads,
+                    downsamples, outlook_attention) -> None:
+    """Raise ValueError, before any weight is drawn, for a configuration whose forward would fail
+    (timm's fails too, with a broadcast error deep inside): per-stage lists of different lengths, a
+    stage fed another width than its embed_dim, an empty token grid, or a pos_embed grid
+    (img_size / patch_size / pooling_scale) that does not fit the tokens entering network[2]."""
+    n = len(layers)
+    lengths = dict(embed_dims=len(embed_dims), num_heads=len(num_heads), downsamples=len(downsamples),
+                   outlook_attention=len(outlook_attention))
+    if any(v < n for v in lengths.values()):
+        raise ValueError(f"expected one entry per stage ({n}, from layers={tuple(layers)}), got "
+                         + ", ".join(f"{k} of length {v}" for k, v in lengths.items()))
+    if downsamples[n - 1]:
+        raise ValueError(f"downsamples[{n - 1}] must be False: there is no stage after the last one")
+    # stem: conv 7 / stride 2 / pad 3 gives ceil(n/2); proj: kernel = stride = patch_size/2
+    grid = tuple((s + 1) // 2 // (patch_size // 2) for s in img_size)
+    pos = (img_size[0] // patch_size // pooling_scale, img_size[1] // patch_size // pooling_scale)
+    too_small = (f"img_size {img_size[0]}x{img_size[1]} is too small for patch_size {patch_size}, pooling_scale "
+                 f"{pooling_scale} and downsamples {tuple(downsamples[:n])}")
+    dim, index = embed_dims[0], 0  # index: position in the network ModuleList
+    for i in range(n):
+        if min(grid) < 1:
+            raise ValueError(f"{too_small}: stage {i} gets an empty token grid")
+        if dim != embed_dims[i]:
+            raise ValueError(f"stage {i} has embed_dim {embed_dims[i]} but receives {dim} channels; a change "
+                             f"of width needs downsamples[{i - 1}]=True")
+        if index <= 2 <= index + bool(downsamples[i]):  # pos_embed is added to the input of network[2]
+            if min(pos) < 1:
+                raise ValueError(f"{too_small}: the pos_embed grid is {pos[0]}x{pos[1]}")
+            if any(p not in (g, 1) for p, g in zip(pos, grid)) or dim != embed_dims[-1]:
+                raise ValueError(f"pos_embed is (1, {pos[0]}, {pos[1]}, {embed_dims[-1]}) (img_size / patch_size "
+                                 f"/ pooling_scale, embed_dims[-1]) but the tokens entering network[2] are "
+                                 f"{grid[0]}x{grid[1]}x{dim}; check pooling_scale, downsamples and embed_dims")
+        if downsamples[i]:
+            grid, dim = (grid[0] // 2, grid[1] // 2), embed_dims[i + 1]
+        index += 1 + bool(downsamples[i])
 
 
 def _zeros_parameter(shape: tuple) -> Parameter:
