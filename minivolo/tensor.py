@@ -292,7 +292,11 @@ class Tensor:
 
         def backward(g):
             ga = xp.where(b == 0, 0, g * b * a ** (b - 1)) if self.requires_grad else None
-            gb = xp.where((a == 0) & (b >= 0), 0, g * out * xp.log(a)) if other.requires_grad else None
+            if other.requires_grad:
+                zero = (a == 0) & (b >= 0)
+                gb = xp.where(zero, 0, g * out * xp.log(xp.where(zero, 1, a)))  # no log(0) warning
+            else:
+                gb = None
             return ga, gb
         return Tensor.from_op(out, (self, other), backward, "pow")
 
