@@ -123,3 +123,36 @@ def _conv2d():
         ts = [a.clone().requires_grad_() for a in arrays]
         torch.nn.functional.conv2d(*ts, padding=1).backward(tg)
     return ours, theirs
+
+
+@register("volo_tiny_step")
+def _volo_tiny_step():
+    """One training step's forward + backward of ``volo_tiny`` (batch 64, 1x32x32, cross-entropy), against
+    timm's VOLO of the same config when timm imports (it needs torchvision; otherwise minivolo alone)."""
+    from . import manual_seed
+    from .models import create_model
+    from .models.volo import _TINY
+
+    manual_seed(0)
+    model = create_model("volo_tiny", in_chans=1, num_classes=10)
+    x = _inputs((64, 1, 32, 32))[0]
+    y = np.arange(64) % 10
+
+    def ours():
+        model.zero_grad()
+        F.cross_entropy(model(Tensor(x)), Tensor(y)).backward()
+    ours.model = model
+
+    torch = _torch()
+    try:
+        from timm.models.volo import VOLO
+    except Exception:  # timm absent, or present without torchvision: no reference figure
+        return ours, None
+    theirs_model = VOLO(**{**_TINY, "in_chans": 1})
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def theirs():
+        theirs_model.zero_grad()
+        torch.nn.functional.cross_entropy(theirs_model(tx), ty).backward()
+    theirs.model = theirs_model
+    return ours, theirs

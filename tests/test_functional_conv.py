@@ -407,3 +407,14 @@ def test_circular_pad_with_negative_amounts_wraps_the_cropped_input(amounts):
                         lambda x: TF.pad(x, amounts, mode="circular"), [randn(*shape)])
     with pytest.raises(ValueError, match="circular padding must be at most the dim"):
         F.pad(mv.Tensor(randn(1, 1, 5)), (2, -4), mode="circular")
+
+
+def test_bench_volo_tiny_step_matches_timm_when_importable():
+    """The whole-model benchmark runs a real step; with timm importable (through the test shim) its
+    reference is the same network: the same parameter count."""
+    from timm_shim import import_timm
+    import_timm()
+    ours, theirs = bench.BENCHMARKS["volo_tiny_step"]()
+    ours()
+    assert all(p.grad is not None for p in ours.model.parameters())
+    assert sum(p.numel() for p in theirs.model.parameters()) == ours.model.num_parameters() == 935_190
