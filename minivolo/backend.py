@@ -112,3 +112,37 @@ def generator(device: str = "cpu"):
         _generators[device] = (np.random.default_rng() if device == "cpu"
                                else _cupy.random.default_rng())
     return _generators[device]
+
+
+# --- distributed training (minivolo.distributed): GPUs and NCCL ------------------------------------
+def contiguous(a):
+    """``a`` in C order (no copy when it already is): what MPI and NCCL buffers need."""
+    return get_array_module(a).ascontiguousarray(a)
+
+
+def nccl_available() -> bool:
+    """True when CuPy was built with NCCL (``cupy.cuda.nccl`` imports)."""
+    if _cupy is None:
+        return False
+    try:
+        from cupy.cuda import nccl  # noqa: F401
+        return bool(getattr(nccl, "available", True))
+    except Exception:  # pragma: no cover - depends on the machine
+        return False
+
+
+def cuda_device_count() -> int:
+    return _cupy.cuda.runtime.getDeviceCount() if cuda_available() else 0
+
+
+def use_cuda_device(index: int) -> None:
+    """Make GPU ``index`` the current device of this process (one GPU per rank)."""
+    _cupy.cuda.Device(index).use()
+
+
+def nccl_process_group(world_size: int, rank: int, use_mpi: bool):
+    """A ``cupyx.distributed`` NCCL communicator: its all_reduce(in, out, op), broadcast(a, root),
+    send_recv(in, out, peer), barrier(). ``use_mpi``: rendezvous through MPI (under mpiexec); else
+    through cupyx's TCP store ($CUPYX_DISTRIBUTED_HOST / $CUPYX_DISTRIBUTED_PORT)."""
+    import cupyx.distributed
+    return cupyx.distributed.init_process_group(world_size, rank, use_mpi=use_mpi)

@@ -382,6 +382,31 @@ class Compose:
 
 
 # --- the loader ------------------------------------------------------------------------------------
+class _RankRows:
+    """A numpy Generator as seen by one rank of a data-parallel run: a per-sample draw of ``size``
+    (b, ...) is made for the global batch, (b * num_replicas, ...), exactly as one process draws it,
+    and this rank's rows ``rank::num_replicas`` are returned (the rows of its samples, see
+    ``DataLoader``). Draws without ``size`` are the same on every rank. So every rank consumes the
+    generator as one process would, and augments each sample as one process would."""
+
+    def __init__(self, rng: np.random.Generator, rank: int, num_replicas: int):
+        self.rng, self.rank, self.num_replicas = rng, rank, num_replicas
+
+    def __getattr__(self, name: str):
+        draw = getattr(self.rng, name)
+
+        def rows(*args, size=None, **kwargs):
+            if size is None:
+                return draw(*args, **kwargs)
+            size = (size,) if isinstance(size, (int, np.integer)) else tuple(size)
+            w = self.num_replicas
+            return draw(*args, size=(size[0] * w,) + size[1:], **kwargs)[self.rank::w]
+        return rows
+
+    def random(self, size=None, dtype=np.float64):
+        return self.__getattr__("random")(size=size, dtype=dtype)
+
+
 class DataLoader:
     """Batches ``(x, y)`` of an ArrayDataset on ``device``.
 
@@ -389,35 +414,69 @@ class DataLoader:
     Epoch e uses rng = default_rng([seed, e]) for both the shuffle order and the augmentation, so a run
     resumed with ``set_epoch(e)`` sees exactly the batches an uninterrupted run saw. Each ``iter()``
     uses the current epoch and then advances it by one.
+
+    Data-parallel (``num_replicas`` > 1, this process ``rank``), as torch's DistributedSampler: every
+    rank draws the same (seed, epoch) permutation, pads it by repeating its first indices to a multiple
+    of num_replicas (``drop_last``: cuts it to one instead; ``pad=False``: neither, the last shards are
+    one shorter, for evaluation that must count every image once) and takes every num_replicas-th index
+    from ``rank``. Batch k of all ranks together is then batch k of one process with batch size
+    batch_size x num_replicas, rank r holding its rows r::num_replicas; per-sample augmentation is
+    drawn for that global batch and sliced the same way (``_RankRows``).
     """
 
     def __init__(self, dataset: ArrayDataset, batch_size: int = 128, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, transform: Callable | None = None,
-                 device: str = "cpu", scale: float = 1 / 255):
+                 device: str = "cpu", scale: float = 1 / 255, num_replicas: int = 1, rank: int = 0,
+                 pad: bool = True):
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not isinstance(num_replicas, (int, np.integer)) or num_replicas < 1:
+            raise ValueError(f"num_replicas must be an integer >= 1, got {num_replicas!r}")
+        if not isinstance(rank, (int, np.integer)) or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be an integer in [0, {num_replicas}) (num_replicas), got {rank!r}")
         self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
         self.seed, self.transform, self.device, self.scale = seed, transform, device, scale
+        self.num_replicas, self.rank, self.pad = num_replicas, rank, pad
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def num_samples(self) -> int:
+        """The number of samples of this rank's shard per epoch (all of them with one process)."""
+        n, w = len(self.dataset), self.num_replicas
+        if w == 1:
+            return n
+        if self.drop_last:
+            return n // w
+        return -(-n // w) if self.pad else len(range(self.rank, n, w))
+
     def __len__(self) -> int:
-        n, b = len(self.dataset), self.batch_size
+        n, b = self.num_samples(), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
     def __iter__(self) -> Iterator[tuple]:
         epoch, self.epoch = self.epoch, self.epoch + 1  # advance now, not on the first next()
         return self._batches(np.random.default_rng([self.seed, epoch]))
 
-    def _batches(self, rng: np.random.Generator) -> Iterator[tuple]:
-        n = len(self.dataset)
+    def _order(self, rng: np.random.Generator) -> np.ndarray:
+        """This rank's sample indices for the epoch, in order."""
+        n, w = len(self.dataset), self.num_replicas
         order = rng.permutation(n) if self.shuffle else np.arange(n)
+        if w == 1:
+            return order
+        total = self.num_samples() * w if self.drop_last or self.pad else n
+        if total > n:  # pad by repeating the first indices (cyclically when n < total - n)
+            order = np.concatenate([order, np.resize(order, total - n)])
+        return order[self.rank:total:w]
+
+    def _batches(self, rng: np.random.Generator) -> Iterator[tuple]:
+        order = self._order(rng)
+        draws = rng if self.num_replicas == 1 else _RankRows(rng, self.rank, self.num_replicas)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.dataset.images[idx].astype(np.float32) * np.float32(self.scale)
             x = backend.to_device(x, self.device)
             if self.transform is not None:
-                x = self.transform(x, rng)
+                x = self.transform(x, draws)
             yield x, backend.to_device(self.dataset.labels[idx], self.device)
