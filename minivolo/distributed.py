@@ -9,7 +9,7 @@ process on the global batch (per-rank batch x world size), as PyTorch's Distribu
                                 environment that mpiexec sets); a plain process is a world of one
     rank(), world_size(), is_main()
     all_reduce(a, op)           the sum (or mean) of ``a`` over all ranks, on every rank
-    broadcast(a, root)          rank ``root``'s ``a`` on every rank
+    broadcast(a, root)          rank ``root``'s ``a`` on every rank (broadcast_object: a JSON value)
     barrier()
     DistributedDataParallel     broadcasts rank 0's weights and buffers, averages gradients with one
                                 all-reduce per bucket of flattened gradients
@@ -21,14 +21,16 @@ than one rank is started, so minivolo imports and runs without it.
 """
 from __future__ import annotations
 
+import json
 import os
+import sys
 
 import numpy as np
 
 from . import backend
 from .tensor import Tensor
 
-__all__ = ["init", "rank", "world_size", "is_main", "all_reduce", "broadcast", "barrier", "exchange",
+__all__ = ["init", "rank", "world_size", "is_main", "all_reduce", "broadcast", "barrier", "broadcast_object", "exchange",
            "all_reduce_sum", "flip_batch", "DistributedDataParallel", "BACKENDS"]
 
 BACKENDS = ("auto", "mpi", "nccl")
@@ -65,6 +67,7 @@ class _MPI:
         from mpi4py import MPI  # imported here: only a multi-process run needs it
         self.MPI, self.comm = MPI, MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        _abort_all_on_uncaught_exception(self.comm.Abort, self.rank, self.size)
 
     def _staged(self, a, collective):
         """``collective(host array) -> host array`` applied to ``a``, which may live on the GPU."""
@@ -137,6 +140,22 @@ class _NCCL:
 
 
 _group = _Single()
+
+
+def _abort_all_on_uncaught_exception(abort, rank_: int, size: int) -> None:
+    """Make an uncaught exception on one rank stop every rank. Without this, the failed rank exits
+    and the others wait for it in their next collective forever (a killed rank is different: the
+    launcher sees it die and stops the others)."""
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback):
+        previous(kind, value, traceback)
+        if size > 1:
+            sys.stderr.write(f"minivolo.distributed: rank {rank_} of {size} failed ({kind.__name__}); "
+                             "stopping all ranks\n")
+            sys.stderr.flush()
+            abort(1)
+    sys.excepthook = hook
 
 
 def _env_int(name: str | None) -> int | None:
@@ -253,6 +272,16 @@ def broadcast(array, root: int = 0):
     if not 0 <= root < _group.size:
         raise ValueError(f"broadcast: root must be in [0, {_group.size}), got {root}")
     return array if _group.size == 1 else _group.broadcast(array, root)
+
+
+def broadcast_object(obj, root: int = 0):
+    """Rank ``root``'s ``obj`` (anything JSON can hold: a run name, a config) on every rank."""
+    if _group.size == 1:
+        return obj
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8) if _group.rank == root else np.zeros(0, np.uint8)
+    length = broadcast(np.array([data.size], np.int64), root)
+    data = data if _group.rank == root else np.zeros(int(length[0]), np.uint8)
+    return json.loads(broadcast(data, root).tobytes().decode())
 
 
 def exchange(array, peer: int):

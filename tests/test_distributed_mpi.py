@@ -50,6 +50,14 @@ def test_collectives_on_two_ranks():
     assert sorted(out.stdout.split("\n")[:2]) == ["rank 0/2 ok", "rank 1/2 ok"]
 
 
+def test_an_exception_on_one_rank_stops_every_rank():
+    result = run([os.path.join(DIST, "fail.py")], ranks=2, timeout=120)
+    assert result.returncode != 0
+    assert "rank 1 of 2 failed (ValueError); stopping all ranks" in result.stderr
+    assert "ValueError: rank 1 fails on purpose" in result.stderr
+    assert "should never get here" not in result.stdout
+
+
 def _steps(tmp_path, *options) -> tuple:
     """(the 1-process result, [rank 0's, rank 1's]) of tests/dist/step.py with ``options``."""
     script = os.path.join(DIST, "step.py")
