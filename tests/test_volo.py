@@ -390,7 +390,7 @@ def test_drop_rates_are_identity_in_eval_and_drop_path_rule_matches_timm(timm):
 def test_rand_bbox_matches_timm(timm, monkeypatch):
     """Same lam and centre -> same box, for many lam (timm computes the side in float32: at lam = 1e-8
     float64 gives n - 1), grids and centres, the clipping at the edges and non-square grids included."""
-    from minivolo.models.volo import rand_bbox
+    from minivolo.models import rand_bbox
 
     class Centre:  # stands in for the generator: hands out the given centre
         def __init__(self, c):

@@ -69,18 +69,20 @@ def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
-def _pair(value, name: str, op: str, minimum: int = 1) -> tuple[int, int]:
-    """``value`` (an int or a pair of ints) as two ints, each at least ``minimum``."""
+def _pair(value, name: str = "value", op: str = "", minimum: int = 0) -> tuple[int, int]:
+    """``value`` (an int or a pair of ints) as two ints, each at least ``minimum``; the one ``_pair`` of
+    minivolo (layers, models and datasets import it), so that every size argument is read the same way."""
     items = (value, value) if _is_int(value) else value
     try:
         items = tuple(items)
     except TypeError:
         items = ()
+    where = f"{op}: " if op else ""
     if len(items) != 2 or not all(_is_int(v) for v in items):
-        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+        raise ValueError(f"{where}{name} must be an int or a pair of ints, got {value!r}")
     if min(items) < minimum:
         what = "positive" if minimum == 1 else "non-negative"
-        raise ValueError(f"{op}: {name} must be {what}, got {value!r}")
+        raise ValueError(f"{where}{name} must be {what}, got {value!r}")
     return int(items[0]), int(items[1])
 
 
@@ -125,26 +127,48 @@ def _symmetric(padding: tuple) -> tuple:
     return tuple((p, p) for p in padding)
 
 
+def _sliding_window(op: str, size: Sequence[int], kernel_size, dilation, padding, stride) -> _Window:
+    """The geometry of unfold/fold (and of outlook attention's windows) from the user's arguments."""
+    return _window(op, size, _pair(kernel_size, "kernel_size", op, minimum=1),
+                   _pair(dilation, "dilation", op, minimum=1), _pair(stride, "stride", op, minimum=1),
+                   _symmetric(_pair(padding, "padding", op)))
+
+
 # --- the two kernels -------------------------------------------------------------------------------
-def _padded(x, w: _Window, fill: float = 0.0):
-    """x (B, C, H, W) placed at ``w.before`` in a buffer (B, C, *w.extent) filled with ``fill``."""
-    (top, left), (H, W) = w.before, x.shape[2:]
+# Three layouts share them: "batch_major" cols (B, C, kh, kw, oh, ow) for unfold/fold and the pools,
+# "channel_major" (C, kh, kw, B, oh, ow) for conv2d's one long matmul, and "channels_last"
+# (B, oh, ow, ..., kh*kw, d) from maps (B, H, W, ..., d) for outlook attention's fused path.
+def _at(axis: int, rows, columns) -> tuple:
+    """The index that takes ``rows`` and ``columns`` of the spatial dims at ``axis`` and ``axis + 1``."""
+    return (slice(None),) * axis + (rows, columns)
+
+
+def _padded(x, w: _Window, fill: float = 0.0, axis: int = 2):
+    """x, its spatial dims (H, W) at ``axis`` (2: NCHW, 1: channels-last), placed at ``w.before`` in a
+    buffer filled with ``fill`` whose spatial dims are ``w.extent``."""
+    (top, left), (H, W) = w.before, x.shape[axis:axis + 2]
     if (top, left) == (0, 0) and w.extent == (H, W):
         return x
     xp = backend.get_array_module(x)
-    shape = x.shape[:2] + w.extent
+    shape = x.shape[:axis] + w.extent + x.shape[axis + 2:]
     buf = xp.zeros(shape, x.dtype) if fill == 0 else xp.full(shape, fill, x.dtype)
-    buf[:, :, top:top + H, left:left + W] = x
+    buf[_at(axis, slice(top, top + H), slice(left, left + W))] = x
     return buf
 
 
-def _windows(buf, w: _Window):
-    """The strided view (B, C, kh, kw, oh, ow) of every window of a padded buffer (no copy)."""
+def _windows(buf, w: _Window, channels_last: bool = False):
+    """The strided view of every window of a padded buffer (no copy):
+    (B, C, H, W) -> (B, C, kh, kw, oh, ow), or channels-last (B, H, W, ..., d) -> (B, oh, ow, ..., kh, kw, d)."""
     xp = backend.get_array_module(buf)
-    sb, sc, sy, sx = buf.strides
     (dh, dw), (sh, sw) = w.dilation, w.stride
-    return xp.lib.stride_tricks.as_strided(buf, buf.shape[:2] + w.kernel + w.out,
-                                           (sb, sc, dh * sy, dw * sx, sh * sy, sw * sx))
+    if channels_last:
+        sb, sy, sx = buf.strides[:3]
+        shape = buf.shape[:1] + w.out + buf.shape[3:-1] + w.kernel + buf.shape[-1:]
+        strides = (sb, sh * sy, sw * sx) + buf.strides[3:-1] + (dh * sy, dw * sx, buf.strides[-1])
+    else:
+        sb, sc, sy, sx = buf.strides
+        shape, strides = buf.shape[:2] + w.kernel + w.out, (sb, sc, dh * sy, dw * sx, sh * sy, sw * sx)
+    return xp.lib.stride_tricks.as_strided(buf, shape, strides)
 
 
 def _offsets(w: _Window):
@@ -155,38 +179,53 @@ def _offsets(w: _Window):
             yield i, j, slice(i * dh, i * dh + sh * (oh - 1) + 1, sh), slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
 
 
-def _im2col(x, w: _Window, channel_major: bool = False):
-    """x (B, C, H, W) -> cols (B, C, kh, kw, oh, ow), C-contiguous: pad, view the windows, copy once.
+def _im2col(x, w: _Window, layout: str = "batch_major"):
+    """x -> cols, C-contiguous: pad, view the windows, copy once.
 
-    The copy's layout makes the reshape to unfold's (B, C*kh*kw, L) free. ``channel_major`` lays the
-    copy out as (C, kh, kw, B, oh, ow) instead, so that conv2d sees (G, K, B*L): one long matmul per group.
+    batch_major:   (B, C, H, W) -> (B, C, kh, kw, oh, ow); the reshape to unfold's (B, C*kh*kw, L) is free
+    channel_major: (B, C, H, W) -> (C, kh, kw, B, oh, ow); conv2d sees (G, K, B*L): one long matmul per group
+    channels_last: (B, H, W, ..., d) -> (B, oh, ow, ..., kh*kw, d); the batched matmul's layout
     """
     xp = backend.get_array_module(x)
-    view = _windows(_padded(x, w), w)
-    return xp.ascontiguousarray(view.transpose(1, 2, 3, 0, 4, 5) if channel_major else view)
+    channels_last = layout == "channels_last"
+    view = _windows(_padded(x, w, axis=1 if channels_last else 2), w, channels_last)
+    cols = xp.ascontiguousarray(view.transpose(1, 2, 3, 0, 4, 5) if layout == "channel_major" else view)
+    if channels_last:
+        return cols.reshape(cols.shape[:-3] + (w.kernel[0] * w.kernel[1], cols.shape[-1]))
+    return cols
 
 
-def _col2im(cols, size: tuple, w: _Window, channel_major: bool = False):
-    """cols (B, C, kh, kw, oh, ow) -> (B, C, H, W): every column added back where it came from.
+def _col2im(cols, size: tuple, w: _Window, layout: str = "batch_major"):
+    """cols -> image (the adjoint of ``_im2col``, same layouts): every column added back where it came from.
 
     A loop over the kh*kw kernel offsets, each a strided slice-add into the padded buffer; when windows
     cannot overlap (stride >= the dilated kernel) each pixel receives at most one value, so it is stored
-    rather than added. With ``channel_major`` cols is (C, kh, kw, B, oh, ow) and the buffer (C, B, ...),
-    so that both are read and written in memory order. Returns a view of the buffer, cropped to ``size``.
+    rather than added. The channel_major buffer is (C, B, ...), so that cols and buffer are read and written
+    in memory order. Returns a view of the buffer, cropped to ``size``: (B, C, H, W), or channels-last
+    (B, H, W, ..., d).
     """
     xp = backend.get_array_module(cols)
-    lead = (cols.shape[0], cols.shape[3]) if channel_major else cols.shape[:2]
-    buf = xp.zeros(lead + w.extent, cols.dtype)
+    kw = w.kernel[1]
+    if layout == "channels_last":  # cols (B, oh, ow, ..., kh*kw, d), buffer (B, H', W', ..., d)
+        axis, shape = 1, cols.shape[:1] + w.extent + cols.shape[3:-2] + cols.shape[-1:]
+    elif layout == "channel_major":  # cols (C, kh, kw, B, oh, ow), buffer (C, B, H', W')
+        axis, shape = 2, (cols.shape[0], cols.shape[3]) + w.extent
+    else:  # cols (B, C, kh, kw, oh, ow), buffer (B, C, H', W')
+        axis, shape = 2, cols.shape[:2] + w.extent
+    buf = xp.zeros(shape, cols.dtype)
     disjoint = all(s >= d * (k - 1) + 1 for k, d, s in zip(w.kernel, w.dilation, w.stride))
     for i, j, rows, columns in _offsets(w):
-        tap = cols[:, i, j] if channel_major else cols[:, :, i, j]
-        if disjoint:
-            buf[:, :, rows, columns] = tap
+        if layout == "channels_last":
+            tap = cols[..., i * kw + j, :]
         else:
-            buf[:, :, rows, columns] += tap
+            tap = cols[:, i, j] if layout == "channel_major" else cols[:, :, i, j]
+        if disjoint:
+            buf[_at(axis, rows, columns)] = tap
+        else:
+            buf[_at(axis, rows, columns)] += tap
     (top, left), (H, W) = w.before, size
-    out = buf[:, :, top:top + H, left:left + W]
-    return out.transpose(1, 0, 2, 3) if channel_major else out
+    out = buf[_at(axis, slice(top, top + H), slice(left, left + W))]
+    return out.transpose(1, 0, 2, 3) if layout == "channel_major" else out
 
 
 # --- unfold / fold ---------------------------------------------------------------------------------
@@ -200,15 +239,14 @@ def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tenso
     Backward: the gradient folds back, ``fold(g)`` (the adjoint: overlapping positions sum).
     """
     x = _as_tensor(input)
-    w = _window("unfold", x.shape[2:], _pair(kernel_size, "kernel_size", "unfold"),
-                _pair(dilation, "dilation", "unfold"), _pair(stride, "stride", "unfold"),
-                _symmetric(_pair(padding, "padding", "unfold", minimum=0)))
+    w = _sliding_window("unfold", x.shape[2:], kernel_size, dilation, padding, stride)
     cols = _im2col(x.data, w)
     B, C = x.shape[:2]
 
     def backward(g):
         return (_col2im(g.reshape(cols.shape), x.shape[2:], w),)
-    return Tensor.from_op(cols.reshape(B, -1, w.out[0] * w.out[1]), (x,), backward, "unfold")
+    return Tensor.from_op(cols.reshape(B, C * w.kernel[0] * w.kernel[1], w.out[0] * w.out[1]), (x,), backward,
+                          "unfold")
 
 
 @_batched("(B, C*kh*kw, L)", "(C*kh*kw, L)")
@@ -222,10 +260,9 @@ def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=
     Backward: ``unfold(g)``.
     """
     x = _as_tensor(input)
-    size = _pair(output_size, "output_size", "fold")
-    kernel = _pair(kernel_size, "kernel_size", "fold")
-    w = _window("fold", size, kernel, _pair(dilation, "dilation", "fold"), _pair(stride, "stride", "fold"),
-                _symmetric(_pair(padding, "padding", "fold", minimum=0)))
+    size = _pair(output_size, "output_size", "fold", minimum=1)
+    w = _sliding_window("fold", size, kernel_size, dilation, padding, stride)
+    kernel = w.kernel
     B, CK, L = x.shape
     K = kernel[0] * kernel[1]
     if CK % K:
@@ -254,7 +291,7 @@ def _conv_padding(padding, kernel: tuple, dilation: tuple, stride: tuple) -> tup
             raise ValueError(f"conv2d: padding='same' needs stride 1, got stride {stride}")
         totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
         return tuple((t // 2, t - t // 2) for t in totals)
-    return _symmetric(_pair(padding, "padding", "conv2d", minimum=0))
+    return _symmetric(_pair(padding, "padding", "conv2d"))
 
 
 @_batched("(B, C, H, W)", "(C, H, W)")
@@ -290,11 +327,12 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         if bias.shape != (O,) or bias.dtype != x.dtype:
             raise ValueError(f"conv2d: bias must have shape ({O},) and dtype {x.dtype}, "
                              f"got {tuple(bias.shape)} {bias.dtype}")
-    stride_, dilation_ = _pair(stride, "stride", "conv2d"), _pair(dilation, "dilation", "conv2d")
+    stride_ = _pair(stride, "stride", "conv2d", minimum=1)
+    dilation_ = _pair(dilation, "dilation", "conv2d", minimum=1)
     w = _window("conv2d", x.shape[2:], (kh, kw), dilation_, stride_,
                 _conv_padding(padding, (kh, kw), dilation_, stride_))
     G, Og, K, L = groups, O // groups, Cg * kh * kw, w.out[0] * w.out[1]
-    cols = _im2col(x.data, w, channel_major=True).reshape(G, K, B * L)
+    cols = _im2col(x.data, w, "channel_major").reshape(G, K, B * L)
     wmat = weight.data.reshape(G, Og, K)
     out = x.xp.ascontiguousarray((wmat @ cols).reshape((O, B) + w.out).transpose(1, 0, 2, 3))
     if bias is not None:
@@ -307,7 +345,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         gt = g.reshape(B, G, Og, L).transpose(1, 2, 0, 3).reshape(G, Og, B * L)  # one small copy
         if x.requires_grad:
             dcols = (wmat.swapaxes(1, 2) @ gt).reshape((C, kh, kw, B) + w.out)
-            gx = _col2im(dcols, x.shape[2:], w, channel_major=True)
+            gx = _col2im(dcols, x.shape[2:], w, "channel_major")
         if weight.requires_grad:
             gw = (gt @ cols.swapaxes(1, 2)).reshape(weight.shape)
         if bias is not None and bias.requires_grad:
@@ -320,10 +358,10 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
 # --- pooling ---------------------------------------------------------------------------------------
 def _pool_window(op: str, x: Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool) -> _Window:
     """Pool geometry with torch's checks: stride defaults to the kernel; padding at most half the window."""
-    kernel = _pair(kernel_size, "kernel_size", op)
+    kernel = _pair(kernel_size, "kernel_size", op, minimum=1)
     no_stride = stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0)
-    stride_ = kernel if no_stride else _pair(stride, "stride", op)
-    padding_, dilation_ = _pair(padding, "padding", op, minimum=0), _pair(dilation, "dilation", op)
+    stride_ = kernel if no_stride else _pair(stride, "stride", op, minimum=1)
+    padding_, dilation_ = _pair(padding, "padding", op), _pair(dilation, "dilation", op, minimum=1)
     for p, k, d in zip(padding_, kernel, dilation_):
         if p > (d * (k - 1) + 1) // 2:
             raise ValueError(f"{op}: padding must be at most half the (dilated) kernel size, got padding "
@@ -574,7 +612,7 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
                          f"size={size!r}, scale_factor={scale_factor!r}")
     H, W = x.shape[2:]
     if size is not None:
-        out_size, scales = _pair(size, "size", "interpolate"), (None, None)
+        out_size, scales = _pair(size, "size", "interpolate", minimum=1), (None, None)
     else:
         scales = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float, np.number)) \
             else tuple(scale_factor)

@@ -24,85 +24,42 @@ import numpy as np
 from .. import backend
 from .. import functional as F
 from .. import nn
+from ..functional.conv import _pair
+from ..functional.outlook import outlook_aggregate
 from ..nn import init
 from ..nn.module import Module, ModuleList, Parameter, Sequential
-from ..tensor import Tensor, concatenate, no_grad, where
+from ..tensor import Tensor, concatenate, no_grad
+from .geometry import check_geometry
+from .mix_token import check_bbox, mix_token_lambda, paste_flipped, rand_bbox
 
-__all__ = ["OutlookAttention", "outlook_aggregate", "Mlp", "Outlooker", "Attention", "Transformer",
-           "ClassAttention", "ClassBlock", "PatchEmbed", "Downsample", "VOLO", "rand_bbox",
-           "mix_token_lambda", "resize_pos_embed", "create_model", "list_models", "register_model"]
-
-
-def _pair(x) -> tuple:
-    return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+__all__ = ["outlook_attention", "OutlookAttention", "outlook_aggregate", "Mlp", "Outlooker", "Attention",
+           "Transformer", "ClassAttention", "ClassBlock", "PatchEmbed", "Downsample", "VOLO", "resize_pos_embed"]
 
 
 # --- outlook attention -------------------------------------------------------------------------------
-def _window_slices(kernel_size: int, stride: int, out_hw: tuple):
-    """For each kernel offset j = ky*k + kx, the strided slices that pick pixel (i*s + ky, l*s + kx) of a
-    padded map for every output position (i, l): unfold reads through them, fold adds through them."""
-    oh, ow = out_hw
-    for ky in range(kernel_size):
-        for kx in range(kernel_size):
-            yield (ky * kernel_size + kx, slice(ky, ky + stride * (oh - 1) + 1, stride),
-                   slice(kx, kx + stride * (ow - 1) + 1, stride))
+def outlook_attention(v: Tensor, a: Tensor, kernel_size: int, padding: int, stride: int,
+                      attn_drop: Callable = lambda t: t) -> Tensor:
+    """Outlook attention's aggregation as the paper writes it (Eq. 1-5, Algorithm 1 of arXiv 2106.13112),
+    with ``F.unfold``, matmul, softmax and ``F.fold``: the reference for the fused ``outlook_aggregate``.
 
-
-def _unfold(x, kernel_size: int, padding: int, stride: int, out_hw: tuple):
-    """Channels-last unfold: (B, H, W, h, d) -> (B, oh, ow, h, k², d), the zero-padded k×k window at
-    every output position (im2col as k² strided slice-copies, no loop over pixels)."""
-    xp = backend.get_array_module(x)
-    B, H, W = x.shape[:3]
-    p = padding
-    padded = xp.zeros((B, H + 2 * p, W + 2 * p) + x.shape[3:], dtype=x.dtype)
-    padded[:, p:p + H, p:p + W] = x
-    cols = xp.empty((B,) + tuple(out_hw) + x.shape[3:-1] + (kernel_size ** 2, x.shape[-1]), dtype=x.dtype)
-    for j, rows, columns in _window_slices(kernel_size, stride, out_hw):
-        cols[..., j, :] = padded[:, rows, columns]
-    return cols
-
-
-def _fold(cols, kernel_size: int, padding: int, stride: int, in_hw: tuple):
-    """Channels-last fold, the adjoint of ``_unfold``: (B, oh, ow, h, k², d) -> (B, H, W, h, d);
-    windows that overlap SUM (col2im as k² strided slice-adds)."""
-    xp = backend.get_array_module(cols)
-    (H, W), p = in_hw, padding
-    B, oh, ow = cols.shape[:3]
-    padded = xp.zeros((B, H + 2 * p, W + 2 * p) + cols.shape[3:-2] + cols.shape[-1:], dtype=cols.dtype)
-    for j, rows, columns in _window_slices(kernel_size, stride, (oh, ow)):
-        padded[:, rows, columns] += cols[..., j, :]
-    return padded[:, p:p + H, p:p + W]
-
-
-def outlook_aggregate(attn: Tensor, v: Tensor, kernel_size: int, padding: int, stride: int) -> Tensor:
-    """``fold(attn @ unfold(v))`` on channels-last maps: steps 1 and 3 of outlook attention as one op.
-
-    attn: (B, oh, ow, h, k², k²) softmax weights, v: (B, H, W, C) values, C = h·d -> (B, H, W, C).
-    Fused (forward and backward written by hand) because it is the hot path of VOLO training: working
-    channels-last with heads split from channels, unfold lands in the layout the batched matmul wants
-    and fold adds straight back, with no NCHW transposes and no copies between the steps. Composing
-    ``F.unfold``/``F.fold`` with permutes, as timm does, gives the same numbers 1.5-2x slower (measured:
-    OutlookAttention forward+backward, B=8, 28x28, C=192: 54 ms vs 79 ms; B=64, 8x8, C=64: 8 vs 15 ms).
-        cols = unfold(v)           (B, oh, ow, h, k², d)
-        y    = attn @ cols         (B, oh, ow, h, k², d)
-        out  = fold(y)             (B, H, W, C)
-    backward: g_y = unfold(g_out); g_attn = g_y @ colsᵀ; g_cols = attnᵀ @ g_y; g_v = fold(g_cols).
+    v: (B, H, W, C) values, a: (B, oh, ow, h, k², k²) generated weights, scaled, before the softmax
+    -> (B, H, W, C). With K = k, the window of location (i, j) is
+        V_Δ(i,j) = { v[i·s + m − p, j·s + n − p] : 0 <= m, n < K }          (Eq. 1, 0 outside the map)
+        Â(i,j)   = softmax(a[i, j])       one K²×K² matrix per head          (Eq. 2)
+        Y_Δ(i,j) = Â(i,j) @ V_Δ(i,j)      the window re-weighted, per head   (Eq. 3; heads: Eq. 5)
+        y[x]     = Σ over the windows Δ that contain pixel x of Y_Δ's entry at x   (Eq. 4, dense aggregation)
     """
     B, H, W, C = v.shape
-    heads = attn.shape[3]
-    a = attn.data
-    out_hw = a.shape[1:3]
-    geometry = (kernel_size, padding, stride)
-    cols = _unfold(v.data.reshape(B, H, W, heads, C // heads), *geometry, out_hw)
-    out = _fold(a @ cols, *geometry, (H, W)).reshape(B, H, W, C)
-
-    def backward(g):
-        g_y = _unfold(g.reshape(B, H, W, heads, C // heads), *geometry, out_hw)
-        g_attn = g_y @ cols.swapaxes(-1, -2) if attn.requires_grad else None
-        g_v = _fold(a.swapaxes(-1, -2) @ g_y, *geometry, (H, W)).reshape(B, H, W, C) \
-            if v.requires_grad else None
-        return g_attn, g_v
-    return Tensor.from_op(out, (attn, v), backward, "outlook_aggregate")
+    _, oh, ow, h, KK, _ = a.shape
+    L, d = oh * ow, C // h
+    V = F.unfold(v.permute(0, 3, 1, 2), kernel_size, padding=padding, stride=stride)  # (B, C·K², L): V_Δ
+    V = V.reshape(B, h, d, KK, L).permute(0, 1, 4, 3, 2)                 # (B, h, L, K², d)
+    A = attn_drop(F.softmax(a, dim=-1))                                  # (B, oh, ow, h, K², K²): Â
+    A = A.reshape(B, L, h, KK, KK).permute(0, 2, 1, 3, 4)                # (B, h, L, K², K²)
+    Y = A @ V                                                            # (B, h, L, K², d): Y_Δ
+    Y = Y.permute(0, 1, 4, 3, 2).reshape(B, C * KK, L)                   # (B, C·K², L)
+    y = F.fold(Y, (H, W), kernel_size, padding=padding, stride=stride)  # (B, C, H, W): overlaps sum
+    return y.permute(0, 2, 3, 1)                                         # (B, H, W, C)
 
 
 class OutlookAttention(Module):
@@ -110,22 +67,24 @@ class OutlookAttention(Module):
     generated from its own feature (no queries or keys), and the overlapping windows are summed back.
 
     x: (B, H, W, C) -> (B, H, W, C); heads h, head dim d = C/h, kernel k, padding p, stride s,
-    output grid oh×ow = ceil(H/s)×ceil(W/s) (the windows' centres), L = oh·ow.
+    output grid oh×ow = ceil(H/s)×ceil(W/s) (the windows' centres).
 
-    1. values   v = x Wv                                 (B, H, W, C)   ``self.v`` (bias: qkv_bias)
-                V = unfold(v) split by heads             (B, oh, ow, h, k², d)
-       V[b, i, l, head, (ky, kx)] = v[b, i·s + ky − p, l·s + kx − p, head-th d channels] (0 outside)
-    2. weights  a = AvgPool(s, ceil_mode)(x)             (B, oh, ow, C)   (the window centre; s=1: x)
-                A = a Wa + ba                            (B, oh, ow, h·k⁴)  ``self.attn``
-                A = softmax(scale · A.reshape(.., h, k², k²), over the last axis)   scale = d^-1/2
-    3. output   Y = A @ V                                (B, oh, ow, h, k², d)   (window k² x k² mix)
-                y = fold(Y): Y's window entries added back at their pixels, overlaps SUM  (B, H, W, C)
-                out = y Wp + bp                          (B, H, W, C)   ``self.proj``
-    Steps 1 (unfold) and 3 (matmul, fold) run as one fused op, ``outlook_aggregate``.
+    1. values   v = x Wv                                  (B, H, W, C)       ``self.v`` (bias: qkv_bias)
+    2. weights  a = AvgPool(s, ceil_mode)(x)              (B, oh, ow, C)     (the window centre; s=1: x)
+                a = scale · (a Wa + ba)                   (B, oh, ow, h, k², k²)  ``self.attn``, scale = d^-1/2
+    3. aggregate  y = fold(softmax(a) @ unfold(v))        (B, H, W, C)       windows re-weighted, overlaps SUM
+    4. output   out = y Wp + bp                           (B, H, W, C)       ``self.proj``
+
+    Step 3 is ``outlook_attention`` (F.unfold, matmul, softmax, F.fold, as the paper) with ``fused=False``,
+    or the fused ``outlook_aggregate`` (default). The fused op exists for speed: channels-last with heads
+    split from channels, its unfold lands in the layout of the batched matmul and its fold adds straight
+    back, with no NCHW permutes and copies between the steps. Measured single-threaded
+    (OPENBLAS_NUM_THREADS=1) on a shared machine, forward + backward at B=8, 28x28, C=192, 6 heads:
+    stride 2 {S2}; stride 1 {S1}. Both give the same numbers (tests/test_volo_math.py).
     """
 
     def __init__(self, dim: int, num_heads: int, kernel_size: int = 3, padding: int = 1, stride: int = 1,
-                 qkv_bias: bool = False, attn_drop: float = 0., proj_drop: float = 0.):
+                 qkv_bias: bool = False, attn_drop: float = 0., proj_drop: float = 0., fused: bool = True):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
@@ -133,6 +92,7 @@ class OutlookAttention(Module):
         self.kernel_size = kernel_size
         self.padding = padding
         self.stride = stride
+        self.fused = fused
         self.scale = (dim // num_heads) ** -0.5
 
         self.v = nn.Linear(dim, dim, bias=qkv_bias)
@@ -149,16 +109,18 @@ class OutlookAttention(Module):
         if ((H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1) != (oh, ow):
             raise ValueError(f"OutlookAttention(kernel_size={k}, padding={p}, stride={s}) needs "
                              f"ceil(H/stride) windows per axis; an {H}x{W} map gives a different count")
-        v = self.v(x)
-        a = x if s == 1 else self.pool(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        a = self.attn(a).reshape(B, oh, ow, self.num_heads, k * k, k * k)
-        a = self.attn_drop(F.softmax(a * self.scale, dim=-1))
-        x = outlook_aggregate(a, v, k, p, s)
-        return self.proj_drop(self.proj(x))
+        v = self.v(x)                                                            # 1. (B, H, W, C)
+        centre = x if s == 1 else self.pool(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # 2. (B, oh, ow, C)
+        a = self.attn(centre).reshape(B, oh, ow, self.num_heads, k * k, k * k) * self.scale  # (.., h, k², k²)
+        if self.fused:                                                           # 3. (B, H, W, C)
+            y = outlook_aggregate(self.attn_drop(F.softmax(a, dim=-1)), v, k, p, s)
+        else:
+            y = outlook_attention(v, a, k, p, s, self.attn_drop)
+        return self.proj_drop(self.proj(y))                                      # 4. (B, H, W, C)
 
     def extra_repr(self) -> str:
         return (f"num_heads={self.num_heads}, kernel_size={self.kernel_size}, padding={self.padding}, "
-                f"stride={self.stride}")
+                f"stride={self.stride}, fused={self.fused}")
 
 
 # --- the other blocks ---------------------------------------------------------------------------------
@@ -336,39 +298,6 @@ class Downsample(Module):
         return self.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-# --- mix-token ----------------------------------------------------------------------------------------
-def rand_bbox(grid_hw: tuple, lam: float, rng: np.random.Generator | None = None) -> tuple:
-    """A random box on a token grid for mix-token (as timm's ``rand_bbox``), in grid coordinates.
-
-    Side lengths int(n · sqrt(1 − lam)) (float32), centre uniform, clipped to the grid. Returns
-    (bbx1, bby1, bbx2, bby2) where, as in the original code, the "x" pair indexes the first (H) axis.
-    """
-    rng = rng or backend.generator("cpu")
-    n1, n2 = grid_hw
-    # in float32, as timm (lam is a float32 tensor there): float64 rounds n·sqrt(1 − lam) differently
-    # near integers, e.g. lam = 1e-8 gives a side of n there and n − 1 in float64
-    cut_rat = np.sqrt(np.float32(1) - np.float32(lam))
-    cut1, cut2 = int(np.float32(n1) * cut_rat), int(np.float32(n2) * cut_rat)
-    c1, c2 = int(rng.integers(0, n1)), int(rng.integers(0, n2))
-    return (int(np.clip(c1 - cut1 // 2, 0, n1)), int(np.clip(c2 - cut2 // 2, 0, n2)),
-            int(np.clip(c1 + (cut1 + 1) // 2, 0, n1)), int(np.clip(c2 + (cut2 + 1) // 2, 0, n2)))
-
-
-def mix_token_lambda(bbox: tuple, grid_hw: tuple) -> float:
-    """The share of tokens that kept their own image: 1 − box area / grid area. Mix the class targets
-    as lam · y + (1 − lam) · y.flip(0) (the dense targets are cut-pasted with the same box)."""
-    bbx1, bby1, bbx2, bby2 = bbox
-    return 1. - (bbx2 - bbx1) * (bby2 - bby1) / (grid_hw[0] * grid_hw[1])
-
-
-def _paste_flipped(x: Tensor, box: tuple) -> Tensor:
-    """x (B, H, W, C) with the tokens inside box (rows r1:r2, columns c1:c2) taken from x.flip(0)."""
-    r1, c1, r2, c2 = box
-    inside = np.zeros((1, x.shape[1], x.shape[2], 1), dtype=bool)
-    inside[:, r1:r2, c1:c2] = True
-    return where(backend.to_device(inside, x.device), x[::-1], x)
-
-
 # --- position embedding -------------------------------------------------------------------------------
 def resize_pos_embed(pos_embed, new_hw: tuple):
     """Resample a (1, H, W, C) position embedding to (1, new_h, new_w, C), bicubic, align_corners=False
@@ -410,11 +339,11 @@ class VOLO(Module):
             raise ValueError("use_mix_token needs global_pool='token' (mix-token returns all tokens)")
         if any(b != "ca" for b in post_layers or ()):
             raise ValueError(f"post_layers may only contain 'ca' (class attention), got {post_layers}")
-        _check_geometry(_pair(img_size), patch_size, pooling_scale, layers, embed_dims, num_heads, downsamples,
-                        outlook_attention)
+        self.img_size = _pair(img_size, "img_size", "VOLO", minimum=1)
+        check_geometry(self.img_size, patch_size, pooling_scale, layers, embed_dims, num_heads, downsamples,
+                       outlook_attention)
         n_stages = len(layers)
         mlp_ratio = tuple(mlp_ratio) if isinstance(mlp_ratio, (tuple, list)) else (mlp_ratio,) * n_stages
-        self.img_size = _pair(img_size)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
@@ -554,11 +483,8 @@ class VOLO(Module):
             if bbox is None:
                 lam = float(backend.generator("cpu").beta(self.beta, self.beta))
                 bbox = rand_bbox(grid, lam)
-            bbox = tuple(int(b) for b in bbox)
-            if not (0 <= bbox[0] <= bbox[2] <= grid[0] and 0 <= bbox[1] <= bbox[3] <= grid[1]):
-                raise ValueError(f"bbox {bbox} must satisfy 0 <= bbx1 <= bbx2 <= {grid[0]} and "
-                                 f"0 <= bby1 <= bby2 <= {grid[1]} (the pooled token grid)")
-            x = _paste_flipped(x, tuple(s * b for b in bbox))
+            bbox = check_bbox(bbox, grid)
+            x = paste_flipped(x, tuple(s * b for b in bbox))
         else:
             bbox = (0, 0, 0, 0)
 
@@ -571,50 +497,12 @@ class VOLO(Module):
             return x_cls + 0.5 * x_aux.max(axis=1)
         if mixing:  # put the pasted tokens' predictions back with their own images
             B, N, K = x_aux.shape
-            x_aux = _paste_flipped(x_aux.reshape(B, grid[0], grid[1], K), bbox).reshape(B, N, K)
+            x_aux = paste_flipped(x_aux.reshape(B, grid[0], grid[1], K), bbox).reshape(B, N, K)
         return x_cls, x_aux, bbox
 
     def mix_token_lambda(self, bbox: tuple) -> float:
         """``mix_token_lambda(bbox, grid)`` on this model's pooled token grid."""
         return mix_token_lambda(bbox, tuple(self.pos_embed.shape[1:3]))
-
-
-def _check_geometry(img_size: tuple, patch_size: int, pooling_scale: int, layers, embed_dims, num_heads,
-                    downsamples, outlook_attention) -> None:
-    """Raise ValueError, before any weight is drawn, for a configuration whose forward would fail
-    (timm's fails too, with a broadcast error deep inside): per-stage lists of different lengths, a
-    stage fed another width than its embed_dim, an empty token grid, or a pos_embed grid
-    (img_size / patch_size / pooling_scale) that does not fit the tokens entering network[2]."""
-    n = len(layers)
-    lengths = dict(embed_dims=len(embed_dims), num_heads=len(num_heads), downsamples=len(downsamples),
-                   outlook_attention=len(outlook_attention))
-    if any(v < n for v in lengths.values()):
-        raise ValueError(f"expected one entry per stage ({n}, from layers={tuple(layers)}), got "
-                         + ", ".join(f"{k} of length {v}" for k, v in lengths.items()))
-    if downsamples[n - 1]:
-        raise ValueError(f"downsamples[{n - 1}] must be False: there is no stage after the last one")
-    # stem: conv 7 / stride 2 / pad 3 gives ceil(n/2); proj: kernel = stride = patch_size/2
-    grid = tuple((s + 1) // 2 // (patch_size // 2) for s in img_size)
-    pos = (img_size[0] // patch_size // pooling_scale, img_size[1] // patch_size // pooling_scale)
-    too_small = (f"img_size {img_size[0]}x{img_size[1]} is too small for patch_size {patch_size}, pooling_scale "
-                 f"{pooling_scale} and downsamples {tuple(downsamples[:n])}")
-    dim, index = embed_dims[0], 0  # index: position in the network ModuleList
-    for i in range(n):
-        if min(grid) < 1:
-            raise ValueError(f"{too_small}: stage {i} gets an empty token grid")
-        if dim != embed_dims[i]:
-            raise ValueError(f"stage {i} has embed_dim {embed_dims[i]} but receives {dim} channels; a change "
-                             f"of width needs downsamples[{i - 1}]=True")
-        if index <= 2 <= index + bool(downsamples[i]):  # pos_embed is added to the input of network[2]
-            if min(pos) < 1:
-                raise ValueError(f"{too_small}: the pos_embed grid is {pos[0]}x{pos[1]}")
-            if any(p not in (g, 1) for p, g in zip(pos, grid)) or dim != embed_dims[-1]:
-                raise ValueError(f"pos_embed is (1, {pos[0]}, {pos[1]}, {embed_dims[-1]}) (img_size / patch_size "
-                                 f"/ pooling_scale, embed_dims[-1]) but the tokens entering network[2] are "
-                                 f"{grid[0]}x{grid[1]}x{dim}; check pooling_scale, downsamples and embed_dims")
-        if downsamples[i]:
-            grid, dim = (grid[0] // 2, grid[1] // 2), embed_dims[i + 1]
-        index += 1 + bool(downsamples[i])
 
 
 def _zeros_parameter(shape: tuple) -> Parameter:
@@ -627,85 +515,3 @@ def _init_weights(m: Module) -> None:
         init.trunc_normal_(m.weight, std=.02)
         if m.bias is not None:
             init.zeros_(m.bias)
-
-
-# --- factories and registry ---------------------------------------------------------------------------
-_registry: dict = {}
-
-# Official weights (sail-sg/volo releases; also on the Hugging Face hub as timm/volo_*.sail_in1k).
-PRETRAINED_URLS = {
-    "volo_d1_224": "https://github.com/sail-sg/volo/releases/download/volo_1/d1_224_84.2.pth.tar",
-    "volo_d1_384": "https://github.com/sail-sg/volo/releases/download/volo_1/d1_384_85.2.pth.tar",
-    "volo_d2_224": "https://github.com/sail-sg/volo/releases/download/volo_1/d2_224_85.2.pth.tar",
-    "volo_d2_384": "https://github.com/sail-sg/volo/releases/download/volo_1/d2_384_86.0.pth.tar",
-    "volo_d3_224": "https://github.com/sail-sg/volo/releases/download/volo_1/d3_224_85.4.pth.tar",
-    "volo_d3_448": "https://github.com/sail-sg/volo/releases/download/volo_1/d3_448_86.3.pth.tar",
-    "volo_d4_224": "https://github.com/sail-sg/volo/releases/download/volo_1/d4_224_85.7.pth.tar",
-    "volo_d4_448": "https://github.com/sail-sg/volo/releases/download/volo_1/d4_448_86.79.pth.tar",
-    "volo_d5_224": "https://github.com/sail-sg/volo/releases/download/volo_1/d5_224_86.10.pth.tar",
-    "volo_d5_448": "https://github.com/sail-sg/volo/releases/download/volo_1/d5_448_87.0.pth.tar",
-    "volo_d5_512": "https://github.com/sail-sg/volo/releases/download/volo_1/d5_512_87.07.pth.tar",
-}
-
-
-def register_model(fn: Callable) -> Callable:
-    _registry[fn.__name__] = fn
-    return fn
-
-
-def list_models() -> list:
-    return sorted(_registry)
-
-
-def create_model(name: str, pretrained=False, **kwargs) -> VOLO:
-    """``create_model("volo_d1_224", num_classes=10)``; ``pretrained`` is a checkpoint path (or False)."""
-    if name not in _registry:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return _registry[name](pretrained=pretrained, **kwargs)
-
-
-_D1 = dict(layers=(4, 4, 8, 2), embed_dims=(192, 384, 384, 384), num_heads=(6, 12, 12, 12))
-_D2 = dict(layers=(6, 4, 10, 4), embed_dims=(256, 512, 512, 512), num_heads=(8, 16, 16, 16))
-_D3 = dict(layers=(8, 8, 16, 4), embed_dims=(256, 512, 512, 512), num_heads=(8, 16, 16, 16))
-_D4 = dict(layers=(8, 8, 16, 4), embed_dims=(384, 768, 768, 768), num_heads=(12, 16, 16, 16))
-_D5 = dict(layers=(12, 12, 20, 4), embed_dims=(384, 768, 768, 768), num_heads=(12, 16, 16, 16),
-           mlp_ratio=4, stem_hidden_dim=128)
-# Small presets for 28-32 px images (MNIST, CIFAR): patch 4, so the outlookers see an 8x8 token grid at 32 px.
-_TINY = dict(layers=(1, 1, 1, 1), embed_dims=(64, 128, 128, 128), num_heads=(2, 4, 4, 4), patch_size=4,
-             stem_hidden_dim=32, img_size=32, num_classes=10)
-_NANO = dict(layers=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64), num_heads=(1, 2, 2, 2), patch_size=4,
-             stem_hidden_dim=16, img_size=32, num_classes=10)
-
-
-def _factory(name: str, config: dict, doc: str) -> Callable:
-    """Register ``name(pretrained=False, **kwargs)``: ``VOLO(**config)`` with ``kwargs`` overriding the
-    config, then the weights of ``pretrained`` (a checkpoint path) when it is given."""
-    def factory(pretrained=False, **kwargs) -> VOLO:
-        if pretrained is True:
-            url = PRETRAINED_URLS.get(name, "https://github.com/sail-sg/volo/releases")
-            raise ValueError(f"minivolo does not download weights: download {url} and pass "
-                             f"pretrained='path/to/checkpoint' to {name}()")
-        model = VOLO(**{**config, **kwargs})
-        if pretrained:
-            from .pretrained import load_pretrained
-            load_pretrained(model, pretrained)
-        return model
-    factory.__name__ = factory.__qualname__ = name
-    factory.__doc__ = f"{doc}\n\n    VOLO(**{config}); keyword arguments override it."
-    return register_model(factory)
-
-
-volo_d1 = _factory("volo_d1", _D1, "VOLO-D1: 26.6M parameters at 224 px.")
-volo_d2 = _factory("volo_d2", _D2, "VOLO-D2: 58.7M parameters at 224 px.")
-volo_d3 = _factory("volo_d3", _D3, "VOLO-D3: 86.3M parameters at 224 px.")
-volo_d4 = _factory("volo_d4", _D4, "VOLO-D4: 193.0M parameters at 224 px.")
-volo_d5 = _factory("volo_d5", _D5, "VOLO-D5: 295.5M parameters at 224 px (mlp_ratio 4, stem 128).")
-volo_tiny = _factory("volo_tiny", _TINY, "A 0.94M-parameter VOLO for 32 px images, 10 classes by default.")
-volo_nano = _factory("volo_nano", _NANO, "A 0.25M-parameter VOLO for 32 px images, 10 classes by default.")
-# timm's names, one per released resolution: volo_d1_224, volo_d1_384, ...
-volo_d1_224, volo_d1_384 = (_factory(f"volo_d1_{r}", {**_D1, "img_size": r}, f"VOLO-D1 at {r} px.") for r in (224, 384))
-volo_d2_224, volo_d2_384 = (_factory(f"volo_d2_{r}", {**_D2, "img_size": r}, f"VOLO-D2 at {r} px.") for r in (224, 384))
-volo_d3_224, volo_d3_448 = (_factory(f"volo_d3_{r}", {**_D3, "img_size": r}, f"VOLO-D3 at {r} px.") for r in (224, 448))
-volo_d4_224, volo_d4_448 = (_factory(f"volo_d4_{r}", {**_D4, "img_size": r}, f"VOLO-D4 at {r} px.") for r in (224, 448))
-volo_d5_224, volo_d5_448, volo_d5_512 = (_factory(f"volo_d5_{r}", {**_D5, "img_size": r}, f"VOLO-D5 at {r} px.")
-                                         for r in (224, 448, 512))

@@ -1,0 +1,175 @@
+"""Model factories by name, as timm: ``create_model("volo_d1_224", num_classes=10)``.
+
+Each preset is a plain function ``volo_d1(pretrained=False, **kwargs)`` that builds ``VOLO`` from its
+configuration (keyword arguments override it) and, when ``pretrained`` is a checkpoint path, loads it.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .volo import VOLO
+
+__all__ = ["PRETRAINED_URLS", "register_model", "list_models", "create_model", "volo_d1", "volo_d2", "volo_d3",
+           "volo_d4", "volo_d5", "volo_tiny", "volo_nano", "volo_d1_224", "volo_d1_384", "volo_d2_224",
+           "volo_d2_384", "volo_d3_224", "volo_d3_448", "volo_d4_224", "volo_d4_448", "volo_d5_224",
+           "volo_d5_448", "volo_d5_512"]
+
+_registry: dict = {}
+
+# Official weights (sail-sg/volo releases; also on the Hugging Face hub as timm/volo_*.sail_in1k).
+PRETRAINED_URLS = {
+    "volo_d1_224": "https://github.com/sail-sg/volo/releases/download/volo_1/d1_224_84.2.pth.tar",
+    "volo_d1_384": "https://github.com/sail-sg/volo/releases/download/volo_1/d1_384_85.2.pth.tar",
+    "volo_d2_224": "https://github.com/sail-sg/volo/releases/download/volo_1/d2_224_85.2.pth.tar",
+    "volo_d2_384": "https://github.com/sail-sg/volo/releases/download/volo_1/d2_384_86.0.pth.tar",
+    "volo_d3_224": "https://github.com/sail-sg/volo/releases/download/volo_1/d3_224_85.4.pth.tar",
+    "volo_d3_448": "https://github.com/sail-sg/volo/releases/download/volo_1/d3_448_86.3.pth.tar",
+    "volo_d4_224": "https://github.com/sail-sg/volo/releases/download/volo_1/d4_224_85.7.pth.tar",
+    "volo_d4_448": "https://github.com/sail-sg/volo/releases/download/volo_1/d4_448_86.79.pth.tar",
+    "volo_d5_224": "https://github.com/sail-sg/volo/releases/download/volo_1/d5_224_86.10.pth.tar",
+    "volo_d5_448": "https://github.com/sail-sg/volo/releases/download/volo_1/d5_448_87.0.pth.tar",
+    "volo_d5_512": "https://github.com/sail-sg/volo/releases/download/volo_1/d5_512_87.07.pth.tar",
+}
+
+
+def register_model(fn: Callable) -> Callable:
+    _registry[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list:
+    return sorted(_registry)
+
+
+def create_model(name: str, pretrained=False, **kwargs) -> VOLO:
+    """``create_model("volo_d1_224", num_classes=10)``; ``pretrained`` is a checkpoint path (or False)."""
+    if name not in _registry:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return _registry[name](pretrained=pretrained, **kwargs)
+
+
+def _build(name: str, config: dict, pretrained, kwargs: dict) -> VOLO:
+    """``VOLO(**config)`` with ``kwargs`` overriding the config, then the weights of ``pretrained`` (a
+    checkpoint path) when it is given."""
+    if pretrained is True:
+        url = PRETRAINED_URLS.get(name, "https://github.com/sail-sg/volo/releases")
+        raise ValueError(f"minivolo does not download weights: download {url} and pass "
+                         f"pretrained='path/to/checkpoint' to {name}()")
+    model = VOLO(**{**config, **kwargs})
+    if pretrained:
+        from .pretrained import load_pretrained
+        load_pretrained(model, pretrained)
+    return model
+
+
+# --- the configurations (timm's; mlp_ratio 3, stem_hidden_dim 64, patch 8 unless said) ------------------
+_D1 = dict(layers=(4, 4, 8, 2), embed_dims=(192, 384, 384, 384), num_heads=(6, 12, 12, 12))
+_D2 = dict(layers=(6, 4, 10, 4), embed_dims=(256, 512, 512, 512), num_heads=(8, 16, 16, 16))
+_D3 = dict(layers=(8, 8, 16, 4), embed_dims=(256, 512, 512, 512), num_heads=(8, 16, 16, 16))
+_D4 = dict(layers=(8, 8, 16, 4), embed_dims=(384, 768, 768, 768), num_heads=(12, 16, 16, 16))
+_D5 = dict(layers=(12, 12, 20, 4), embed_dims=(384, 768, 768, 768), num_heads=(12, 16, 16, 16),
+           mlp_ratio=4, stem_hidden_dim=128)
+# Small presets for 28-32 px images (MNIST, CIFAR): patch 4, so the outlookers see an 8x8 token grid at 32 px.
+_TINY = dict(layers=(1, 1, 1, 1), embed_dims=(64, 128, 128, 128), num_heads=(2, 4, 4, 4), patch_size=4,
+             stem_hidden_dim=32, img_size=32, num_classes=10)
+_NANO = dict(layers=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64), num_heads=(1, 2, 2, 2), patch_size=4,
+             stem_hidden_dim=16, img_size=32, num_classes=10)
+
+
+# --- the presets -----------------------------------------------------------------------------------------
+@register_model
+def volo_d1(pretrained=False, **kwargs) -> VOLO:
+    """VOLO-D1: 26.6M parameters at 224 px."""
+    return _build("volo_d1", _D1, pretrained, kwargs)
+
+
+@register_model
+def volo_d2(pretrained=False, **kwargs) -> VOLO:
+    """VOLO-D2: 58.7M parameters at 224 px."""
+    return _build("volo_d2", _D2, pretrained, kwargs)
+
+
+@register_model
+def volo_d3(pretrained=False, **kwargs) -> VOLO:
+    """VOLO-D3: 86.3M parameters at 224 px."""
+    return _build("volo_d3", _D3, pretrained, kwargs)
+
+
+@register_model
+def volo_d4(pretrained=False, **kwargs) -> VOLO:
+    """VOLO-D4: 193.0M parameters at 224 px."""
+    return _build("volo_d4", _D4, pretrained, kwargs)
+
+
+@register_model
+def volo_d5(pretrained=False, **kwargs) -> VOLO:
+    """VOLO-D5: 295.5M parameters at 224 px (mlp_ratio 4, stem 128)."""
+    return _build("volo_d5", _D5, pretrained, kwargs)
+
+
+@register_model
+def volo_tiny(pretrained=False, **kwargs) -> VOLO:
+    """A 0.94M-parameter VOLO for 32 px images, 10 classes by default."""
+    return _build("volo_tiny", _TINY, pretrained, kwargs)
+
+
+@register_model
+def volo_nano(pretrained=False, **kwargs) -> VOLO:
+    """A 0.25M-parameter VOLO for 32 px images, 10 classes by default."""
+    return _build("volo_nano", _NANO, pretrained, kwargs)
+
+
+# timm's names, one per released resolution (the keys of PRETRAINED_URLS)
+@register_model
+def volo_d1_224(pretrained=False, **kwargs) -> VOLO:
+    return _build("volo_d1_224", dict(_D1, img_size=224), pretrained, kwargs)
+
+
+@register_model
+def volo_d1_384(pretrained=False, **kwargs) -> VOLO:
+    return _build("volo_d1_384", dict(_D1, img_size=384), pretrained, kwargs)
+
+
+@register_model
+def volo_d2_224(pretrained=False, **kwargs) -> VOLO:
+    return _build("volo_d2_224", dict(_D2, img_size=224), pretrained, kwargs)
+
+
+@register_model
+def volo_d2_384(pretrained=False, **kwargs) -> VOLO:
+    return _build("volo_d2_384", dict(_D2, img_size=384), pretrained, kwargs)
+
+
+@register_model
+def volo_d3_224(pretrained=False, **kwargs) -> VOLO:
+    return _build("volo_d3_224", dict(_D3, img_size=224), pretrained, kwargs)
+
+
+@register_model
+def volo_d3_448(pretrained=False, **kwargs) -> VOLO:
+    return _build("volo_d3_448", dict(_D3, img_size=448), pretrained, kwargs)
+
+
+@register_model
+def volo_d4_224(pretrained=False, **kwargs) -> VOLO:
+    return _build("volo_d4_224", dict(_D4, img_size=224), pretrained, kwargs)
+
+
+@register_model
+def volo_d4_448(pretrained=False, **kwargs) -> VOLO:
+    return _build("volo_d4_448", dict(_D4, img_size=448), pretrained, kwargs)
+
+
+@register_model
+def volo_d5_224(pretrained=False, **kwargs) -> VOLO:
+    return _build("volo_d5_224", dict(_D5, img_size=224), pretrained, kwargs)
+
+
+@register_model
+def volo_d5_448(pretrained=False, **kwargs) -> VOLO:
+    return _build("volo_d5_448", dict(_D5, img_size=448), pretrained, kwargs)
+
+
+@register_model
+def volo_d5_512(pretrained=False, **kwargs) -> VOLO:
+    return _build("volo_d5_512", dict(_D5, img_size=512), pretrained, kwargs)
