@@ -143,43 +143,43 @@ def _at(axis: int, rows, columns) -> tuple:
     return (slice(None),) * axis + (rows, columns)
 
 
-def _padded(x, w: _Window, fill: float = 0.0, axis: int = 2):
-    """x, its spatial dims (H, W) at ``axis`` (2: NCHW, 1: channels-last), placed at ``w.before`` in a
-    buffer filled with ``fill`` whose spatial dims are ``w.extent``."""
-    (top, left), (H, W) = w.before, x.shape[axis:axis + 2]
-    if (top, left) == (0, 0) and w.extent == (H, W):
+def _padded(x, window: _Window, fill: float = 0.0, axis: int = 2):
+    """x, its spatial dims (H, W) at ``axis`` (2: NCHW, 1: channels-last), placed at ``window.before`` in a
+    buffer filled with ``fill`` whose spatial dims are ``window.extent``."""
+    (top, left), (H, W) = window.before, x.shape[axis:axis + 2]
+    if (top, left) == (0, 0) and window.extent == (H, W):
         return x
     xp = backend.get_array_module(x)
-    shape = x.shape[:axis] + w.extent + x.shape[axis + 2:]
+    shape = x.shape[:axis] + window.extent + x.shape[axis + 2:]
     buf = xp.zeros(shape, x.dtype) if fill == 0 else xp.full(shape, fill, x.dtype)
     buf[_at(axis, slice(top, top + H), slice(left, left + W))] = x
     return buf
 
 
-def _windows(buf, w: _Window, channels_last: bool = False):
+def _windows(buf, window: _Window, channels_last: bool = False):
     """The strided view of every window of a padded buffer (no copy):
     (B, C, H, W) -> (B, C, kh, kw, oh, ow), or channels-last (B, H, W, ..., d) -> (B, oh, ow, ..., kh, kw, d)."""
     xp = backend.get_array_module(buf)
-    (dh, dw), (sh, sw) = w.dilation, w.stride
+    (dh, dw), (sh, sw) = window.dilation, window.stride
     if channels_last:
         sb, sy, sx = buf.strides[:3]
-        shape = buf.shape[:1] + w.out + buf.shape[3:-1] + w.kernel + buf.shape[-1:]
+        shape = buf.shape[:1] + window.out + buf.shape[3:-1] + window.kernel + buf.shape[-1:]
         strides = (sb, sh * sy, sw * sx) + buf.strides[3:-1] + (dh * sy, dw * sx, buf.strides[-1])
     else:
         sb, sc, sy, sx = buf.strides
-        shape, strides = buf.shape[:2] + w.kernel + w.out, (sb, sc, dh * sy, dw * sx, sh * sy, sw * sx)
+        shape, strides = buf.shape[:2] + window.kernel + window.out, (sb, sc, dh * sy, dw * sx, sh * sy, sw * sx)
     return xp.lib.stride_tricks.as_strided(buf, shape, strides)
 
 
-def _offsets(w: _Window):
+def _offsets(window: _Window):
     """For each kernel offset (i, j): the rows and columns of the padded buffer it meets, one per output."""
-    (kh, kw), (dh, dw), (sh, sw), (oh, ow) = w.kernel, w.dilation, w.stride, w.out
+    (kh, kw), (dh, dw), (sh, sw), (oh, ow) = window.kernel, window.dilation, window.stride, window.out
     for i in range(kh):
         for j in range(kw):
             yield i, j, slice(i * dh, i * dh + sh * (oh - 1) + 1, sh), slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
 
 
-def _im2col(x, w: _Window, layout: str = "batch_major"):
+def _im2col(x, window: _Window, layout: str = "batch_major"):
     """x -> cols, C-contiguous: pad, view the windows, copy once.
 
     batch_major:   (B, C, H, W) -> (B, C, kh, kw, oh, ow); the reshape to unfold's (B, C*kh*kw, L) is free
@@ -188,14 +188,14 @@ def _im2col(x, w: _Window, layout: str = "batch_major"):
     """
     xp = backend.get_array_module(x)
     channels_last = layout == "channels_last"
-    view = _windows(_padded(x, w, axis=1 if channels_last else 2), w, channels_last)
+    view = _windows(_padded(x, window, axis=1 if channels_last else 2), window, channels_last)
     cols = xp.ascontiguousarray(view.transpose(1, 2, 3, 0, 4, 5) if layout == "channel_major" else view)
     if channels_last:
-        return cols.reshape(cols.shape[:-3] + (w.kernel[0] * w.kernel[1], cols.shape[-1]))
+        return cols.reshape(cols.shape[:-3] + (window.kernel[0] * window.kernel[1], cols.shape[-1]))
     return cols
 
 
-def _col2im(cols, size: tuple, w: _Window, layout: str = "batch_major"):
+def _col2im(cols, size: tuple, window: _Window, layout: str = "batch_major"):
     """cols -> image (the adjoint of ``_im2col``, same layouts): every column added back where it came from.
 
     A loop over the kh*kw kernel offsets, each a strided slice-add into the padded buffer; when windows
@@ -205,16 +205,16 @@ def _col2im(cols, size: tuple, w: _Window, layout: str = "batch_major"):
     (B, H, W, ..., d).
     """
     xp = backend.get_array_module(cols)
-    kw = w.kernel[1]
+    kw = window.kernel[1]
     if layout == "channels_last":  # cols (B, oh, ow, ..., kh*kw, d), buffer (B, H', W', ..., d)
-        axis, shape = 1, cols.shape[:1] + w.extent + cols.shape[3:-2] + cols.shape[-1:]
+        axis, shape = 1, cols.shape[:1] + window.extent + cols.shape[3:-2] + cols.shape[-1:]
     elif layout == "channel_major":  # cols (C, kh, kw, B, oh, ow), buffer (C, B, H', W')
-        axis, shape = 2, (cols.shape[0], cols.shape[3]) + w.extent
+        axis, shape = 2, (cols.shape[0], cols.shape[3]) + window.extent
     else:  # cols (B, C, kh, kw, oh, ow), buffer (B, C, H', W')
-        axis, shape = 2, cols.shape[:2] + w.extent
+        axis, shape = 2, cols.shape[:2] + window.extent
     buf = xp.zeros(shape, cols.dtype)
-    disjoint = all(s >= d * (k - 1) + 1 for k, d, s in zip(w.kernel, w.dilation, w.stride))
-    for i, j, rows, columns in _offsets(w):
+    disjoint = all(s >= d * (k - 1) + 1 for k, d, s in zip(window.kernel, window.dilation, window.stride))
+    for i, j, rows, columns in _offsets(window):
         if layout == "channels_last":
             tap = cols[..., i * kw + j, :]
         else:
@@ -223,7 +223,7 @@ def _col2im(cols, size: tuple, w: _Window, layout: str = "batch_major"):
             buf[_at(axis, rows, columns)] = tap
         else:
             buf[_at(axis, rows, columns)] += tap
-    (top, left), (H, W) = w.before, size
+    (top, left), (H, W) = window.before, size
     out = buf[_at(axis, slice(top, top + H), slice(left, left + W))]
     return out.transpose(1, 0, 2, 3) if layout == "channel_major" else out
 
@@ -239,14 +239,13 @@ def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tenso
     Backward: the gradient folds back, ``fold(g)`` (the adjoint: overlapping positions sum).
     """
     x = _as_tensor(input)
-    w = _sliding_window("unfold", x.shape[2:], kernel_size, dilation, padding, stride)
-    cols = _im2col(x.data, w)
-    B, C = x.shape[:2]
+    window = _sliding_window("unfold", x.shape[2:], kernel_size, dilation, padding, stride)
+    cols = _im2col(x.data, window)                                       # (B, C, kh, kw, oh, ow)
+    (B, C), (kh, kw), (oh, ow) = x.shape[:2], window.kernel, window.out
 
     def backward(g):
-        return (_col2im(g.reshape(cols.shape), x.shape[2:], w),)
-    return Tensor.from_op(cols.reshape(B, C * w.kernel[0] * w.kernel[1], w.out[0] * w.out[1]), (x,), backward,
-                          "unfold")
+        return (_col2im(g.reshape(cols.shape), x.shape[2:], window),)
+    return Tensor.from_op(cols.reshape(B, C * kh * kw, oh * ow), (x,), backward, "unfold")
 
 
 @_batched("(B, C*kh*kw, L)", "(C*kh*kw, L)")
@@ -261,22 +260,22 @@ def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=
     """
     x = _as_tensor(input)
     size = _pair(output_size, "output_size", "fold", minimum=1)
-    w = _sliding_window("fold", size, kernel_size, dilation, padding, stride)
-    kernel = w.kernel
+    window = _sliding_window("fold", size, kernel_size, dilation, padding, stride)
+    kernel = window.kernel
     B, CK, L = x.shape
     K = kernel[0] * kernel[1]
     if CK % K:
         raise ValueError(f"fold: input.shape[1] = {CK} must be divisible by the kernel_size product "
                          f"{kernel[0]}*{kernel[1]} = {K}")
-    if L != w.out[0] * w.out[1]:
+    if L != window.out[0] * window.out[1]:
         raise ValueError(f"fold: input has L = {L} blocks, but output_size {size} with kernel_size {kernel}, "
-                         f"dilation, padding and stride given yields {w.out[0]}*{w.out[1]} = "
-                         f"{w.out[0] * w.out[1]} blocks")
-    shape = (B, CK // K) + kernel + w.out
+                         f"dilation, padding and stride given yields {window.out[0]}*{window.out[1]} = "
+                         f"{window.out[0] * window.out[1]} blocks")
+    shape = (B, CK // K) + kernel + window.out
 
     def backward(g):
-        return (_im2col(g, w).reshape(x.shape),)
-    return Tensor.from_op(_col2im(x.data.reshape(shape), size, w), (x,), backward, "fold")
+        return (_im2col(g, window).reshape(x.shape),)
+    return Tensor.from_op(_col2im(x.data.reshape(shape), size, window), (x,), backward, "fold")
 
 
 # --- convolution -----------------------------------------------------------------------------------
@@ -329,12 +328,12 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
                              f"got {tuple(bias.shape)} {bias.dtype}")
     stride_ = _pair(stride, "stride", "conv2d", minimum=1)
     dilation_ = _pair(dilation, "dilation", "conv2d", minimum=1)
-    w = _window("conv2d", x.shape[2:], (kh, kw), dilation_, stride_,
+    window = _window("conv2d", x.shape[2:], (kh, kw), dilation_, stride_,
                 _conv_padding(padding, (kh, kw), dilation_, stride_))
-    G, Og, K, L = groups, O // groups, Cg * kh * kw, w.out[0] * w.out[1]
-    cols = _im2col(x.data, w, "channel_major").reshape(G, K, B * L)
+    G, Og, K, L = groups, O // groups, Cg * kh * kw, window.out[0] * window.out[1]
+    cols = _im2col(x.data, window, "channel_major").reshape(G, K, B * L)
     wmat = weight.data.reshape(G, Og, K)
-    out = x.xp.ascontiguousarray((wmat @ cols).reshape((O, B) + w.out).transpose(1, 0, 2, 3))
+    out = x.xp.ascontiguousarray((wmat @ cols).reshape((O, B) + window.out).transpose(1, 0, 2, 3))
     if bias is not None:
         out += bias.data[:, None, None]
     if not weight.requires_grad:
@@ -344,8 +343,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         gx = gw = gb = None
         gt = g.reshape(B, G, Og, L).transpose(1, 2, 0, 3).reshape(G, Og, B * L)  # one small copy
         if x.requires_grad:
-            dcols = (wmat.swapaxes(1, 2) @ gt).reshape((C, kh, kw, B) + w.out)
-            gx = _col2im(dcols, x.shape[2:], w, "channel_major")
+            dcols = (wmat.swapaxes(1, 2) @ gt).reshape((C, kh, kw, B) + window.out)
+            gx = _col2im(dcols, x.shape[2:], window, "channel_major")
         if weight.requires_grad:
             gw = (gt @ cols.swapaxes(1, 2)).reshape(weight.shape)
         if bias is not None and bias.requires_grad:
@@ -392,21 +391,22 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
     (a col2im of the broadcast gradient).
     """
     x = _as_tensor(input)
-    w = _pool_window("avg_pool2d", x, kernel_size, stride, padding, 1, ceil_mode)
+    window = _pool_window("avg_pool2d", x, kernel_size, stride, padding, 1, ceil_mode)
     if divisor_override is not None:
         if not _is_int(divisor_override) or divisor_override == 0:
             raise ValueError(f"avg_pool2d: divisor_override must be a non-zero int, got {divisor_override!r}")
         divisor = x.xp.asarray(divisor_override, dtype=x.dtype)
     else:
-        (H, W), (kh, kw), (sh, sw), (ph, pw), (oh, ow) = x.shape[2:], w.kernel, w.stride, w.before, w.out
+        (H, W), (kh, kw), (sh, sw) = x.shape[2:], window.kernel, window.stride
+        (ph, pw), (oh, ow) = window.before, window.out
         counts = np.outer(_pool_counts(H, kh, sh, ph, oh, count_include_pad),
                           _pool_counts(W, kw, sw, pw, ow, count_include_pad))
         divisor = backend.to_device(counts.astype(x.dtype), x.device)
-    out = _windows(_padded(x.data, w), w).sum(axis=(2, 3)) / divisor
+    out = _windows(_padded(x.data, window), window).sum(axis=(2, 3)) / divisor
 
     def backward(g):
-        share = x.xp.broadcast_to((g / divisor)[:, :, None, None], g.shape[:2] + w.kernel + w.out)
-        return (_col2im(share, x.shape[2:], w),)
+        share = x.xp.broadcast_to((g / divisor)[:, :, None, None], g.shape[:2] + window.kernel + window.out)
+        return (_col2im(share, x.shape[2:], window),)
     return Tensor.from_op(out, (x,), backward, "avg_pool2d")
 
 
@@ -419,23 +419,23 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, c
     a col2im of g routed to each window's winning offset (positions that win several windows sum).
     """
     x = _as_tensor(input)
-    w = _pool_window("max_pool2d", x, kernel_size, stride, padding, dilation, ceil_mode)
+    window = _pool_window("max_pool2d", x, kernel_size, stride, padding, dilation, ceil_mode)
     xp = x.xp
-    buf = _padded(x.data, w, fill=-np.inf)
+    buf = _padded(x.data, window, fill=-np.inf)
     best = argbest = None
-    for i, j, rows, cols in _offsets(w):
+    for i, j, rows, cols in _offsets(window):
         tap = buf[:, :, rows, cols]
         if best is None:
             best, argbest = tap.copy(), xp.zeros(tap.shape, np.int32)
             continue
         better = (tap > best) | xp.isnan(tap)
         xp.copyto(best, tap, where=better)
-        xp.copyto(argbest, i * w.kernel[1] + j, where=better)
+        xp.copyto(argbest, i * window.kernel[1] + j, where=better)
 
     def backward(g):
-        offset = xp.arange(w.kernel[0] * w.kernel[1]).reshape(w.kernel + (1, 1))
+        offset = xp.arange(window.kernel[0] * window.kernel[1]).reshape(window.kernel + (1, 1))
         routed = xp.where(argbest[:, :, None, None] == offset, g[:, :, None, None], xp.zeros((), g.dtype))
-        return (_col2im(routed, x.shape[2:], w),)
+        return (_col2im(routed, x.shape[2:], window),)
     return Tensor.from_op(best, (x,), backward, "max_pool2d")
 
 

@@ -1,8 +1,38 @@
-"""Configuration checks for ``VOLO``: a configuration whose forward would fail is refused before any
-weight is drawn, with a message that names the argument to change."""
+"""Checks for ``VOLO``: a configuration whose forward would fail is refused before any weight is drawn,
+and an input the model cannot take is refused before it runs, with a message that names the argument."""
 from __future__ import annotations
 
-__all__ = ["check_geometry"]
+import math
+
+__all__ = ["check_config", "check_geometry", "check_input", "outlook_grid"]
+
+
+def check_config(img_size: tuple, patch_size: int, pooling_scale: int, layers, embed_dims, num_heads, downsamples,
+                 outlook_attention, global_pool: str, use_mix_token: bool, post_layers) -> None:
+    """Every check of VOLO's constructor arguments (``check_geometry`` for the shapes)."""
+    if embed_dims is None or num_heads is None:
+        raise ValueError("VOLO needs embed_dims and num_heads (one per stage)")
+    if global_pool not in ("", "avg", "token"):
+        raise ValueError(f"global_pool must be '', 'avg' or 'token', got {global_pool!r}")
+    if use_mix_token and global_pool != "token":
+        raise ValueError("use_mix_token needs global_pool='token' (mix-token returns all tokens)")
+    if any(block != "ca" for block in post_layers or ()):
+        raise ValueError(f"post_layers may only contain 'ca' (class attention), got {post_layers}")
+    check_geometry(img_size, patch_size, pooling_scale, layers, embed_dims, num_heads, downsamples,
+                   outlook_attention)
+
+
+def check_input(x, in_chans: int, img_size: tuple) -> None:
+    """x must be an image batch (B, in_chans, *img_size)."""
+    if x.ndim != 4:
+        raise ValueError(f"expected a 4-D image batch (B, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"expected {in_chans} input channels (in_chans), got {x.shape[1]} "
+                         f"(input shape {tuple(x.shape)})")
+    if tuple(x.shape[2:]) != img_size:
+        raise ValueError(f"expected image {img_size[0]}x{img_size[1]} (img_size), got "
+                         f"{x.shape[2]}x{x.shape[3]}; build the model with img_size={x.shape[2]} "
+                         "(load_pretrained resizes pos_embed)")
 
 
 def check_geometry(img_size: tuple, patch_size: int, pooling_scale: int, layers, embed_dims, num_heads,
@@ -41,3 +71,14 @@ def check_geometry(img_size: tuple, patch_size: int, pooling_scale: int, layers,
         if downsamples[i]:
             grid, dim = (grid[0] // 2, grid[1] // 2), embed_dims[i + 1]
         index += 1 + bool(downsamples[i])
+
+
+def outlook_grid(size: tuple, kernel_size: int, padding: int, stride: int) -> tuple:
+    """The (oh, ow) = (ceil(H/s), ceil(W/s)) window centres of outlook attention on an H×W map, or a
+    ValueError when kernel_size and padding give the windows another count (fold could not add back)."""
+    k, p, s = kernel_size, padding, stride
+    grid = tuple(math.ceil(n / s) for n in size)
+    if tuple((n + 2 * p - k) // s + 1 for n in size) != grid:
+        raise ValueError(f"OutlookAttention(kernel_size={k}, padding={p}, stride={s}) needs "
+                         f"ceil(H/stride) windows per axis; an {size[0]}x{size[1]} map gives a different count")
+    return grid

@@ -11,7 +11,7 @@ import numpy as np
 from .. import backend
 from ..tensor import Tensor, where
 
-__all__ = ["rand_bbox", "mix_token_lambda", "check_bbox", "paste_flipped"]
+__all__ = ["rand_bbox", "mix_token_lambda", "check_bbox", "paste_flipped", "mix_tokens"]
 
 
 def rand_bbox(grid_hw: tuple, lam: float, rng: np.random.Generator | None = None) -> tuple:
@@ -53,3 +53,19 @@ def paste_flipped(x: Tensor, box: tuple) -> Tensor:
     inside = np.zeros((1, x.shape[1], x.shape[2], 1), dtype=bool)  # (1, H, W, 1), broadcast over B and C
     inside[:, r1:r2, c1:c2] = True
     return where(backend.to_device(inside, x.device), x[::-1], x)
+
+
+def mix_tokens(x: Tensor, grid_hw: tuple, pooling_scale: int, beta: float, bbox: tuple | None = None,
+               class_token: bool = True):
+    """Mix-token on tokens x (B, H, W, C): returns (x with the tokens of a box taken from x.flip(0), bbox).
+
+    The box is ``bbox`` (checked) or drawn as timm: lam ~ Beta(beta, beta), ``rand_bbox``, on the pooled
+    grid ``grid_hw``; it covers ``pooling_scale`` times as many tokens per side on x's grid. The model
+    must have a ``class_token`` (post_layers), so that the aux logits are those of the image tokens."""
+    if not class_token:
+        raise ValueError("mix-token needs post_layers (the class token): without it token 0 is an "
+                         "image token and the aux logits miss one")
+    if bbox is None:
+        bbox = rand_bbox(grid_hw, float(backend.generator("cpu").beta(beta, beta)))
+    bbox = check_bbox(bbox, grid_hw)
+    return paste_flipped(x, tuple(pooling_scale * b for b in bbox)), bbox

@@ -119,57 +119,24 @@ def volo_nano(pretrained=False, **kwargs) -> VOLO:
     return _build("volo_nano", _NANO, pretrained, kwargs)
 
 
+def _at_resolution(name: str, config: dict, img_size: int) -> Callable:
+    """The preset ``name`` = ``config`` at ``img_size`` px (timm's per-resolution names)."""
+    def factory(pretrained=False, **kwargs) -> VOLO:
+        return _build(name, {**config, "img_size": img_size}, pretrained, kwargs)
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f"{name[:7].upper().replace('_', '-')} at {img_size} px (weights: PRETRAINED_URLS[{name!r}])."
+    return register_model(factory)
+
+
 # timm's names, one per released resolution (the keys of PRETRAINED_URLS)
-@register_model
-def volo_d1_224(pretrained=False, **kwargs) -> VOLO:
-    return _build("volo_d1_224", dict(_D1, img_size=224), pretrained, kwargs)
-
-
-@register_model
-def volo_d1_384(pretrained=False, **kwargs) -> VOLO:
-    return _build("volo_d1_384", dict(_D1, img_size=384), pretrained, kwargs)
-
-
-@register_model
-def volo_d2_224(pretrained=False, **kwargs) -> VOLO:
-    return _build("volo_d2_224", dict(_D2, img_size=224), pretrained, kwargs)
-
-
-@register_model
-def volo_d2_384(pretrained=False, **kwargs) -> VOLO:
-    return _build("volo_d2_384", dict(_D2, img_size=384), pretrained, kwargs)
-
-
-@register_model
-def volo_d3_224(pretrained=False, **kwargs) -> VOLO:
-    return _build("volo_d3_224", dict(_D3, img_size=224), pretrained, kwargs)
-
-
-@register_model
-def volo_d3_448(pretrained=False, **kwargs) -> VOLO:
-    return _build("volo_d3_448", dict(_D3, img_size=448), pretrained, kwargs)
-
-
-@register_model
-def volo_d4_224(pretrained=False, **kwargs) -> VOLO:
-    return _build("volo_d4_224", dict(_D4, img_size=224), pretrained, kwargs)
-
-
-@register_model
-def volo_d4_448(pretrained=False, **kwargs) -> VOLO:
-    return _build("volo_d4_448", dict(_D4, img_size=448), pretrained, kwargs)
-
-
-@register_model
-def volo_d5_224(pretrained=False, **kwargs) -> VOLO:
-    return _build("volo_d5_224", dict(_D5, img_size=224), pretrained, kwargs)
-
-
-@register_model
-def volo_d5_448(pretrained=False, **kwargs) -> VOLO:
-    return _build("volo_d5_448", dict(_D5, img_size=448), pretrained, kwargs)
-
-
-@register_model
-def volo_d5_512(pretrained=False, **kwargs) -> VOLO:
-    return _build("volo_d5_512", dict(_D5, img_size=512), pretrained, kwargs)
+volo_d1_224 = _at_resolution("volo_d1_224", _D1, 224)
+volo_d1_384 = _at_resolution("volo_d1_384", _D1, 384)
+volo_d2_224 = _at_resolution("volo_d2_224", _D2, 224)
+volo_d2_384 = _at_resolution("volo_d2_384", _D2, 384)
+volo_d3_224 = _at_resolution("volo_d3_224", _D3, 224)
+volo_d3_448 = _at_resolution("volo_d3_448", _D3, 448)
+volo_d4_224 = _at_resolution("volo_d4_224", _D4, 224)
+volo_d4_448 = _at_resolution("volo_d4_448", _D4, 448)
+volo_d5_224 = _at_resolution("volo_d5_224", _D5, 224)
+volo_d5_448 = _at_resolution("volo_d5_448", _D5, 448)
+volo_d5_512 = _at_resolution("volo_d5_512", _D5, 512)

@@ -11,12 +11,9 @@ Same blocks, constructor arguments, state_dict names and initialisation as timm'
       -> + pos_embed, network[2..]: Transformers (MHSA + MLP)    (B, H/2p, W/2p, C)
       -> flatten, prepend cls_token, post_network: ClassBlocks   (B, 1 + N, C)
       -> norm; head(token 0) + 0.5 * max over tokens of aux_head(tokens 1..)   (B, num_classes)
-
-Tokens are channels-last, (B, H, W, C), through the outlooker and transformer stages.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -28,59 +25,54 @@ from ..functional.conv import _pair
 from ..functional.outlook import outlook_aggregate
 from ..nn import init
 from ..nn.module import Module, ModuleList, Parameter, Sequential
-from ..tensor import Tensor, concatenate, no_grad
-from .geometry import check_geometry
-from .mix_token import check_bbox, mix_token_lambda, paste_flipped, rand_bbox
+from ..tensor import Tensor, concatenate
+from .geometry import check_config, check_input, outlook_grid
+from .mix_token import mix_token_lambda, mix_tokens, paste_flipped
 
 __all__ = ["outlook_attention", "OutlookAttention", "outlook_aggregate", "Mlp", "Outlooker", "Attention",
-           "Transformer", "ClassAttention", "ClassBlock", "PatchEmbed", "Downsample", "VOLO", "resize_pos_embed"]
+           "Transformer", "ClassAttention", "ClassBlock", "PatchEmbed", "Downsample", "VOLO"]
 
 
 # --- outlook attention -------------------------------------------------------------------------------
 def outlook_attention(v: Tensor, a: Tensor, kernel_size: int, padding: int, stride: int,
                       attn_drop: Callable = lambda t: t) -> Tensor:
-    """Outlook attention's aggregation as the paper writes it (Eq. 1-5, Algorithm 1 of arXiv 2106.13112),
-    with ``F.unfold``, matmul, softmax and ``F.fold``: the reference for the fused ``outlook_aggregate``.
+    """Outlook attention as the paper writes it (Eq. 1-5, Algorithm 1 of arXiv 2106.13112), with ``F.unfold``,
+    softmax, matmul and ``F.fold``: the readable reference of the fused ``outlook_aggregate``.
 
-    v: (B, H, W, C) values, a: (B, oh, ow, h, k², k²) generated weights, scaled, before the softmax
-    -> (B, H, W, C). With K = k, the window of location (i, j) is
-        V_Δ(i,j) = { v[i·s + m − p, j·s + n − p] : 0 <= m, n < K }          (Eq. 1, 0 outside the map)
-        Â(i,j)   = softmax(a[i, j])       one K²×K² matrix per head          (Eq. 2)
-        Y_Δ(i,j) = Â(i,j) @ V_Δ(i,j)      the window re-weighted, per head   (Eq. 3; heads: Eq. 5)
-        y[x]     = Σ over the windows Δ that contain pixel x of Y_Δ's entry at x   (Eq. 4, dense aggregation)
+    v: (B, H, W, C) values, a: (B, oh, ow, h, K², K²) scaled logits, K = kernel_size -> (B, H, W, C):
+        V_Δ(i,j) = { v[i·s + m − p, j·s + n − p] : 0 <= m, n < K }     the window (Eq. 1; 0 off the map)
+        Â(i,j)   = softmax(a[i, j])       one K²×K² matrix per head     (Eq. 2)
+        Y_Δ(i,j) = Â(i,j) @ V_Δ(i,j)      the window re-weighted        (Eq. 3; per head, Eq. 5)
+        y[x]     = Σ of the entries at pixel x of all the windows Y_Δ that contain x   (Eq. 4, dense aggregation)
     """
     B, H, W, C = v.shape
     _, oh, ow, h, KK, _ = a.shape
     L, d = oh * ow, C // h
-    V = F.unfold(v.permute(0, 3, 1, 2), kernel_size, padding=padding, stride=stride)  # (B, C·K², L): V_Δ
-    V = V.reshape(B, h, d, KK, L).permute(0, 1, 4, 3, 2)                 # (B, h, L, K², d)
-    A = attn_drop(F.softmax(a, dim=-1))                                  # (B, oh, ow, h, K², K²): Â
-    A = A.reshape(B, L, h, KK, KK).permute(0, 2, 1, 3, 4)                # (B, h, L, K², K²)
-    Y = A @ V                                                            # (B, h, L, K², d): Y_Δ
-    Y = Y.permute(0, 1, 4, 3, 2).reshape(B, C * KK, L)                   # (B, C·K², L)
-    y = F.fold(Y, (H, W), kernel_size, padding=padding, stride=stride)  # (B, C, H, W): overlaps sum
-    return y.permute(0, 2, 3, 1)                                         # (B, H, W, C)
+    cols = F.unfold(v.permute(0, 3, 1, 2), kernel_size, padding=padding, stride=stride)  # (B, C·K², L)
+    V = cols.reshape(B, h, d, KK, L).permute(0, 1, 4, 3, 2)             # (B, h, L, K², d): the windows V_Δ
+    A_hat = attn_drop(F.softmax(a, dim=-1))                             # (B, oh, ow, h, K², K²): Â
+    A_hat = A_hat.reshape(B, L, h, KK, KK).permute(0, 2, 1, 3, 4)       # (B, h, L, K², K²)
+    Y = A_hat @ V                                                       # (B, h, L, K², d): Y_Δ
+    Y_cols = Y.permute(0, 1, 4, 3, 2).reshape(B, C * KK, L)             # (B, C·K², L): unfold's layout
+    y = F.fold(Y_cols, (H, W), kernel_size, padding=padding, stride=stride)  # (B, C, H, W): overlaps sum
+    return y.permute(0, 2, 3, 1)                                        # (B, H, W, C)
 
 
 class OutlookAttention(Module):
-    """Outlook attention: each location re-weights the k×k window around it with a k²×k² matrix that is
-    generated from its own feature (no queries or keys), and the overlapping windows are summed back.
+    """Outlook attention: each location re-weights the k×k window around it with a k²×k² matrix generated
+    from its own feature (no queries or keys), and the overlapping windows are summed back.
 
-    x: (B, H, W, C) -> (B, H, W, C); heads h, head dim d = C/h, kernel k, padding p, stride s,
-    output grid oh×ow = ceil(H/s)×ceil(W/s) (the windows' centres).
-
-    1. values   v = x Wv                                  (B, H, W, C)       ``self.v`` (bias: qkv_bias)
-    2. weights  a = AvgPool(s, ceil_mode)(x)              (B, oh, ow, C)     (the window centre; s=1: x)
-                a = scale · (a Wa + ba)                   (B, oh, ow, h, k², k²)  ``self.attn``, scale = d^-1/2
-    3. aggregate  y = fold(softmax(a) @ unfold(v))        (B, H, W, C)       windows re-weighted, overlaps SUM
-    4. output   out = y Wp + bp                           (B, H, W, C)       ``self.proj``
-
-    Step 3 is ``outlook_attention`` (F.unfold, matmul, softmax, F.fold, as the paper) with ``fused=False``,
-    or the fused ``outlook_aggregate`` (default). The fused op exists for speed: channels-last with heads
-    split from channels, its unfold lands in the layout of the batched matmul and its fold adds straight
-    back, with no NCHW permutes and copies between the steps. Measured single-threaded
-    (OPENBLAS_NUM_THREADS=1) on a shared machine, forward + backward at B=8, 28x28, C=192, 6 heads:
-    stride 2 {S2}; stride 1 {S1}. Both give the same numbers (tests/test_volo_math.py).
+    x: (B, H, W, C) -> (B, H, W, C); heads h, head dim d = C/h, kernel k, padding p, stride s, and
+    oh×ow = ceil(H/s)×ceil(W/s) windows (their centres).
+    1. values     v = x Wv                              (B, H, W, C)            ``self.v`` (bias: qkv_bias)
+    2. weights    a = scale · (AvgPool_s(x) Wa + ba)    (B, oh, ow, h, k², k²)  ``self.attn``, scale = d^-1/2
+    3. aggregate  y = fold(softmax(a) @ unfold(v))      (B, H, W, C)            windows re-weighted, overlaps SUM
+    4. output     out = y Wp + bp                       (B, H, W, C)            ``self.proj``
+    Step 3 is ``outlook_attention`` (the paper's F.unfold, softmax, matmul, F.fold) when ``fused=False``, else
+    the fused ``outlook_aggregate``, which exists for speed: channels-last with heads split from channels,
+    its unfold lands in the batched matmul's layout and its fold adds straight back, with no NCHW permutes
+    and copies between the steps. Forward + backward at B=8, 28x28, C=192, 6 heads, measured once
+    single-threaded (OPENBLAS_NUM_THREADS=1) on a shared machine: {FIGURES}.
     """
 
     def __init__(self, dim: int, num_heads: int, kernel_size: int = 3, padding: int = 1, stride: int = 1,
@@ -88,10 +80,7 @@ class OutlookAttention(Module):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
-        self.num_heads = num_heads
-        self.kernel_size = kernel_size
-        self.padding = padding
-        self.stride = stride
+        self.num_heads, self.kernel_size, self.padding, self.stride = num_heads, kernel_size, padding, stride
         self.fused = fused
         self.scale = (dim // num_heads) ** -0.5
 
@@ -105,10 +94,7 @@ class OutlookAttention(Module):
     def forward(self, x: Tensor) -> Tensor:
         B, H, W, C = x.shape
         k, p, s = self.kernel_size, self.padding, self.stride
-        oh, ow = math.ceil(H / s), math.ceil(W / s)
-        if ((H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1) != (oh, ow):
-            raise ValueError(f"OutlookAttention(kernel_size={k}, padding={p}, stride={s}) needs "
-                             f"ceil(H/stride) windows per axis; an {H}x{W} map gives a different count")
+        oh, ow = outlook_grid((H, W), k, p, s)  # ceil(H/s), ceil(W/s): the windows' centres
         v = self.v(x)                                                            # 1. (B, H, W, C)
         centre = x if s == 1 else self.pool(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # 2. (B, oh, ow, C)
         a = self.attn(centre).reshape(B, oh, ow, self.num_heads, k * k, k * k) * self.scale  # (.., h, k², k²)
@@ -138,7 +124,7 @@ class Mlp(Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))  # (..., hidden) -> (..., out_features)
 
 
 def _drop_path(rate: float) -> Module:
@@ -160,8 +146,8 @@ class _PreNormBlock(Module):
         self.drop_path2 = _drop_path(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        x = x + self.drop_path1(self.attn(self.norm1(x)))  # (B, ..., C), the shape of x
+        return x + self.drop_path2(self.mlp(self.norm2(x)))  # (B, ..., C)
 
 
 class Outlooker(_PreNormBlock):
@@ -197,10 +183,10 @@ class Attention(Module):
     def forward(self, x: Tensor) -> Tensor:
         B, H, W, C = x.shape
         qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = qkv[0], qkv[1], qkv[2]                                              # each (B, h, N, d)
         attn = self.attn_drop(F.softmax((q * self.scale) @ k.swapaxes(-2, -1), dim=-1))  # (B, h, N, N)
-        x = (attn @ v).swapaxes(1, 2).reshape(B, H, W, C)
-        return self.proj_drop(self.proj(x))
+        x = (attn @ v).swapaxes(1, 2).reshape(B, H, W, C)                             # (B, H, W, C)
+        return self.proj_drop(self.proj(x))                                           # (B, H, W, C)
 
 
 class Transformer(_PreNormBlock):
@@ -235,12 +221,12 @@ class ClassAttention(Module):
     def forward(self, x: Tensor) -> Tensor:
         B, N, C = x.shape
         h, d = self.num_heads, self.head_dim
-        kv = self.kv(x).reshape(B, N, 2, h, d).permute(2, 0, 3, 1, 4)
-        k, v = kv[0], kv[1]
-        q = self.q(x[:, :1]).reshape(B, h, 1, d) * self.scale
+        kv = self.kv(x).reshape(B, N, 2, h, d).permute(2, 0, 3, 1, 4)   # (2, B, h, N, d)
+        k, v = kv[0], kv[1]                                             # each (B, h, N, d)
+        q = self.q(x[:, :1]).reshape(B, h, 1, d) * self.scale           # (B, h, 1, d): the class token's
         attn = self.attn_drop(F.softmax(q @ k.swapaxes(-2, -1), dim=-1))  # (B, h, 1, N)
-        cls_embed = (attn @ v).swapaxes(1, 2).reshape(B, 1, h * d)
-        return self.proj_drop(self.proj(cls_embed))
+        cls_embed = (attn @ v).swapaxes(1, 2).reshape(B, 1, h * d)      # (B, 1, h·d)
+        return self.proj_drop(self.proj(cls_embed))                     # (B, 1, C)
 
 
 class ClassBlock(_PreNormBlock):
@@ -257,9 +243,9 @@ class ClassBlock(_PreNormBlock):
         super().__init__(dim, attn, mlp_ratio, drop_path, norm_layer, drop=drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        cls_embed = x[:, :1] + self.drop_path1(self.attn(self.norm1(x)))
-        cls_embed = cls_embed + self.drop_path2(self.mlp(self.norm2(cls_embed)))
-        return concatenate([cls_embed, x[:, 1:]], axis=1)
+        cls_embed = x[:, :1] + self.drop_path1(self.attn(self.norm1(x)))         # (B, 1, C)
+        cls_embed = cls_embed + self.drop_path2(self.mlp(self.norm2(cls_embed)))  # (B, 1, C)
+        return concatenate([cls_embed, x[:, 1:]], axis=1)                         # (B, 1 + N, C)
 
 
 class PatchEmbed(Module):
@@ -284,7 +270,7 @@ class PatchEmbed(Module):
         self.proj = nn.Conv2d(hidden_dim, embed_dim, kernel_size=patch_size // 2, stride=patch_size // 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.conv(x))
+        return self.proj(self.conv(x))  # (B, hidden, H/2, W/2) -> (B, embed_dim, H/p, W/p)
 
 
 class Downsample(Module):
@@ -295,21 +281,7 @@ class Downsample(Module):
         self.proj = nn.Conv2d(in_embed_dim, out_embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-
-
-# --- position embedding -------------------------------------------------------------------------------
-def resize_pos_embed(pos_embed, new_hw: tuple):
-    """Resample a (1, H, W, C) position embedding to (1, new_h, new_w, C), bicubic, align_corners=False
-    (as F.interpolate / torch). Takes and returns a host or device array."""
-    pos = Tensor(pos_embed)
-    if pos.ndim != 4 or pos.shape[0] != 1:
-        raise ValueError(f"pos_embed must have shape (1, H, W, C), got {tuple(pos.shape)}")
-    if tuple(pos.shape[1:3]) == tuple(new_hw):
-        return pos.data
-    with no_grad():
-        out = F.interpolate(pos.permute(0, 3, 1, 2), size=tuple(new_hw), mode="bicubic", align_corners=False)
-    return out.xp.ascontiguousarray(out.permute(0, 2, 3, 1).data)
+        return self.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # NCHW for the conv, then (B, H/2, W/2, C_out)
 
 
 # --- the network --------------------------------------------------------------------------------------
@@ -331,27 +303,14 @@ class VOLO(Module):
                  post_layers: Sequence[str] | None = ("ca", "ca"), use_aux_head: bool = True,
                  use_mix_token: bool = False, pooling_scale: int = 2):
         super().__init__()
-        if embed_dims is None or num_heads is None:
-            raise ValueError("VOLO needs embed_dims and num_heads (one per stage)")
-        if global_pool not in ("", "avg", "token"):
-            raise ValueError(f"global_pool must be '', 'avg' or 'token', got {global_pool!r}")
-        if use_mix_token and global_pool != "token":
-            raise ValueError("use_mix_token needs global_pool='token' (mix-token returns all tokens)")
-        if any(b != "ca" for b in post_layers or ()):
-            raise ValueError(f"post_layers may only contain 'ca' (class attention), got {post_layers}")
         self.img_size = _pair(img_size, "img_size", "VOLO", minimum=1)
-        check_geometry(self.img_size, patch_size, pooling_scale, layers, embed_dims, num_heads, downsamples,
-                       outlook_attention)
-        n_stages = len(layers)
-        mlp_ratio = tuple(mlp_ratio) if isinstance(mlp_ratio, (tuple, list)) else (mlp_ratio,) * n_stages
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
+        check_config(self.img_size, patch_size, pooling_scale, layers, embed_dims, num_heads, downsamples,
+                     outlook_attention, global_pool, use_mix_token, post_layers)
+        mlp_ratio = tuple(mlp_ratio) if isinstance(mlp_ratio, (tuple, list)) else (mlp_ratio,) * len(layers)
+        self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
+        self.patch_size, self.pooling_scale, self.num_features = patch_size, pooling_scale, embed_dims[-1]
         self.mix_token = use_mix_token
         self.beta = 1.0  # mix-token's lam ~ Beta(beta, beta)
-        self.pooling_scale = pooling_scale
-        self.patch_size = patch_size
-        self.num_features = embed_dims[-1]
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, stem_hidden_dim, embed_dims[0])
         grid = (self.img_size[0] // patch_size // pooling_scale, self.img_size[1] // patch_size // pooling_scale)
@@ -397,44 +356,33 @@ class VOLO(Module):
         return {"pos_embed", "cls_token"}
 
     # --- forward ---------------------------------------------------------------------------------------
-    def _check_input(self, x: Tensor) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"expected a 4-D image batch (B, C, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels (in_chans), got {x.shape[1]} "
-                             f"(input shape {tuple(x.shape)})")
-        if tuple(x.shape[2:]) != self.img_size:
-            raise ValueError(f"expected image {self.img_size[0]}x{self.img_size[1]} (img_size), got "
-                             f"{x.shape[2]}x{x.shape[3]}; build the model with img_size={x.shape[2]} "
-                             "(load_pretrained resizes pos_embed)")
-
     def _embed(self, x: Tensor) -> Tensor:
         """(B, in_chans, H, W) -> tokens (B, H/p, W/p, C0)."""
-        self._check_input(x)
-        return self.patch_embed(x).permute(0, 2, 3, 1)
+        check_input(x, self.in_chans, self.img_size)
+        return self.patch_embed(x).permute(0, 2, 3, 1)  # (B, C0, H/p, W/p) -> channels-last
 
     def forward_tokens(self, x: Tensor) -> Tensor:
         """(B, H, W, C0) -> (B, N, C): the stages, with pos_embed added before network[2]."""
         for idx, block in enumerate(self.network):
             if idx == 2:  # after the outlookers and the downsample
-                x = self.pos_drop(x + self.pos_embed)
-            x = block(x)
+                x = self.pos_drop(x + self.pos_embed)  # (B, H/2p, W/2p, C) + (1, H/2p, W/2p, C)
+            x = block(x)                               # (B, H', W', C'): the stage's grid and width
         B, H, W, C = x.shape
-        return x.reshape(B, H * W, C)
+        return x.reshape(B, H * W, C)                  # (B, N, C), N = H·W
 
     def forward_cls(self, x: Tensor) -> Tensor:
         """(B, N, C) -> (B, 1 + N, C): prepend the class token, run the class-attention blocks."""
         B, N, C = x.shape
         cls_tokens = self.cls_token + Tensor(self.cls_token.xp.zeros((B, 1, C), dtype=x.dtype))  # expand
-        x = concatenate([cls_tokens, x], axis=1)
+        x = concatenate([cls_tokens, x], axis=1)  # (B, 1 + N, C)
         for block in self.post_network:
-            x = block(x)
+            x = block(x)                          # (B, 1 + N, C): only token 0 changes
         return x
 
     def _tokens_to_features(self, x: Tensor) -> Tensor:
-        x = self.forward_tokens(x)
+        x = self.forward_tokens(x)      # (B, N, C)
         if self.post_network is not None:
-            x = self.forward_cls(x)
+            x = self.forward_cls(x)     # (B, 1 + N, C)
         return self.norm(x)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -443,17 +391,17 @@ class VOLO(Module):
 
     def _pool(self, x: Tensor) -> Tensor:
         if self.global_pool == "avg":
-            return x.mean(axis=1)
-        return x[:, 0] if self.global_pool == "token" else x
+            return x.mean(axis=1)                                 # (B, C)
+        return x[:, 0] if self.global_pool == "token" else x      # (B, C), or the tokens (B, 1 + N, C)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Features (B, 1 + N, C) -> logits (B, num_classes): head(pooled) + 0.5 · max_tokens aux_head."""
-        out = self.head_drop(self._pool(x))
+        out = self.head_drop(self._pool(x))  # (B, C)
         if pre_logits:
             return out
-        out = self.head(out)
+        out = self.head(out)                 # (B, num_classes)
         if self.aux_head is not None and self.global_pool:
-            out = out + 0.5 * self.aux_head(self.head_drop(x)[:, 1:]).max(axis=1)
+            out = out + 0.5 * self.aux_head(self.head_drop(x)[:, 1:]).max(axis=1)  # (B, N, classes) -> max over N
         return out
 
     def forward(self, x: Tensor) -> Tensor:
@@ -461,44 +409,29 @@ class VOLO(Module):
         return self.forward_head(self.forward_features(x))
 
     def forward_train(self, x: Tensor, bbox: tuple | None = None):
-        """Training forward with token labeling and mix-token, as timm's ``forward_train``.
-
-        Returns ``(cls_logits (B, classes), aux_logits (B, N, classes), bbox)`` in training mode.
-        With ``use_mix_token``, the tokens in a box of the pooled grid (drawn as timm: lam ~ Beta(1, 1),
-        ``rand_bbox``; or the given ``bbox = (bbx1, bby1, bbx2, bby2)``) come from the batch flipped along
-        B, and the aux logits in that box are flipped back; otherwise bbox is (0, 0, 0, 0).
-        ``mix_token_lambda(bbox, grid)`` gives the weight of the class targets. In eval mode this returns
-        the logits of ``forward``, without aux head the class logits alone (as the official code).
-        """
-        x = self._embed(x)
+        """Training forward with token labeling and mix-token, as timm's: ``(cls_logits (B, classes),
+        aux_logits (B, N, classes), bbox)`` in train mode; in eval mode the logits of ``forward`` (without
+        aux head the class logits alone, as the official code). With ``use_mix_token`` the tokens in ``bbox``
+        (drawn as timm when None) come from the batch flipped along B (``mix_tokens``) and their aux logits
+        are flipped back; ``mix_token_lambda(bbox)`` weighs the class targets. Else bbox is (0, 0, 0, 0)."""
+        x = self._embed(x)                                                       # (B, H, W, C0)
         mixing = self.mix_token and self.training
         if bbox is not None and not mixing:
             raise ValueError("bbox given but mix-token is off (needs use_mix_token=True and train mode)")
-        s = self.pooling_scale
-        grid = (x.shape[1] // s, x.shape[2] // s)
+        grid = (x.shape[1] // self.pooling_scale, x.shape[2] // self.pooling_scale)  # the pos_embed grid
         if mixing:
-            if self.post_network is None:
-                raise ValueError("mix-token needs post_layers (the class token): without it token 0 is an "
-                                 "image token and the aux logits miss one")
-            if bbox is None:
-                lam = float(backend.generator("cpu").beta(self.beta, self.beta))
-                bbox = rand_bbox(grid, lam)
-            bbox = check_bbox(bbox, grid)
-            x = paste_flipped(x, tuple(s * b for b in bbox))
-        else:
-            bbox = (0, 0, 0, 0)
-
-        x = self._tokens_to_features(x)
-        x_cls = self.head(self._pool(x))  # (timm 1.0.31 forgets this head; the official code has it)
+            x, bbox = mix_tokens(x, grid, self.pooling_scale, self.beta, bbox, self.post_network is not None)
+        x = self._tokens_to_features(x)                                          # (B, 1 + N, C)
+        x_cls = self.head(self._pool(x))  # (B, classes) (timm 1.0.31 forgets this head; the official code has it)
         if self.aux_head is None:
             return x_cls
-        x_aux = self.aux_head(x[:, 1:])  # a prediction for every token (token labeling)
+        x_aux = self.aux_head(x[:, 1:])  # (B, N, classes): a prediction for every token (token labeling)
         if not self.training:
             return x_cls + 0.5 * x_aux.max(axis=1)
-        if mixing:  # put the pasted tokens' predictions back with their own images
-            B, N, K = x_aux.shape
-            x_aux = paste_flipped(x_aux.reshape(B, grid[0], grid[1], K), bbox).reshape(B, N, K)
-        return x_cls, x_aux, bbox
+        if not mixing:
+            return x_cls, x_aux, (0, 0, 0, 0)
+        B, N, K = x_aux.shape  # put the pasted tokens' predictions back with their own images
+        return x_cls, paste_flipped(x_aux.reshape(B, grid[0], grid[1], K), bbox).reshape(B, N, K), bbox
 
     def mix_token_lambda(self, bbox: tuple) -> float:
         """``mix_token_lambda(bbox, grid)`` on this model's pooled token grid."""
