@@ -54,15 +54,22 @@ def _batched(layout: str, unbatched: str):
         @functools.wraps(op)
         def run(input, *args, **kwargs):
             x = _as_tensor(input)
+            if x.ndim not in (ndim, ndim - 1):
+                raise ValueError(f"{op.__name__}: input must be {ndim}-D {layout} or {ndim - 1}-D {unbatched}, "
+                                 f"got shape {tuple(x.shape)}")
+            _check_nonempty(x, op.__name__, batched=x.ndim == ndim)
             if x.ndim == ndim - 1:
                 out = op(x.unsqueeze(0), *args, **kwargs)
                 return out.reshape(out.shape[1:])
-            if x.ndim != ndim:
-                raise ValueError(f"{op.__name__}: input must be {ndim}-D {layout} or {ndim - 1}-D {unbatched}, "
-                                 f"got shape {tuple(x.shape)}")
             return op(x, *args, **kwargs)
         return run
     return decorate
+
+
+def _check_nonempty(x: Tensor, op: str, batched: bool = True) -> None:
+    """As torch: a batch may be empty (B = 0 gives empty outputs and gradients), no other dim may."""
+    if 0 in x.shape[int(batched):]:
+        raise ValueError(f"{op}: only the batch dim may be empty (size 0), got input of shape {tuple(x.shape)}")
 
 
 def _is_int(v) -> bool:
@@ -602,6 +609,7 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
     """
     x = _as_tensor(input)
     _check_input(x, 4, "interpolate", "(B, C, H, W)")
+    _check_nonempty(x, "interpolate")
     if mode not in _INTERP_MODES:
         raise ValueError(f"interpolate: mode must be one of {_INTERP_MODES}, got {mode!r}")
     if align_corners is not None and mode.startswith("nearest"):
