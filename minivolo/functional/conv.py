@@ -6,10 +6,12 @@ Everything here is built on two array kernels that are each other's adjoint:
     _col2im(c)  (B, C, kh, kw, oh, ow) -> (B, C, H, W)   the same positions, overlapping windows summed
 
 ``_im2col`` is one copy of a strided view of the padded image; ``_col2im`` is a loop over the kh*kw kernel
-offsets, each adding one strided slice of the padded buffer (k^2 slice-adds, never a loop over pixels).
-Since <im2col(x), y> = <x, col2im(y)>, unfold's backward is fold and fold's backward is unfold; conv2d is
-im2col followed by one batched matmul; the pools reduce over the same windows. As in torch, unfold, fold,
-conv2d and the pools also take one unbatched sample ((C, H, W), or (C*kh*kw, L) for fold).
+offsets (``_offsets``), each adding one strided slice of the padded buffer (k^2 slice-adds, never a loop over
+pixels). Since <im2col(x), y> = <x, col2im(y)>, unfold's backward is fold and fold's backward is unfold;
+conv2d is im2col followed by one batched matmul; the pools reduce over the same windows; outlook attention's
+fused op (functional/outlook.py) runs the same two kernels on channels-last maps. As in torch, unfold, fold,
+conv2d and the pools also take one unbatched sample ((C, H, W), or (C*kh*kw, L) for fold), and a batch may
+be empty (B = 0: empty outputs and gradients) while no other dim may.
 
     unfold(input, kernel_size, dilation=1, padding=0, stride=1)              (B, C, H, W) -> (B, C*kh*kw, L)
     fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1)   (B, C*kh*kw, L) -> (B, C, H, W)

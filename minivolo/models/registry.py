@@ -63,60 +63,31 @@ def _build(name: str, config: dict, pretrained, kwargs: dict) -> VOLO:
 
 
 # --- the configurations (timm's; mlp_ratio 3, stem_hidden_dim 64, patch 8 unless said) ------------------
-_D1 = dict(layers=(4, 4, 8, 2), embed_dims=(192, 384, 384, 384), num_heads=(6, 12, 12, 12))
-_D2 = dict(layers=(6, 4, 10, 4), embed_dims=(256, 512, 512, 512), num_heads=(8, 16, 16, 16))
-_D3 = dict(layers=(8, 8, 16, 4), embed_dims=(256, 512, 512, 512), num_heads=(8, 16, 16, 16))
-_D4 = dict(layers=(8, 8, 16, 4), embed_dims=(384, 768, 768, 768), num_heads=(12, 16, 16, 16))
+_D1 = dict(layers=(4, 4, 8, 2), embed_dims=(192, 384, 384, 384), num_heads=(6, 12, 12, 12))     # 26.6M params
+_D2 = dict(layers=(6, 4, 10, 4), embed_dims=(256, 512, 512, 512), num_heads=(8, 16, 16, 16))    # 58.7M
+_D3 = dict(layers=(8, 8, 16, 4), embed_dims=(256, 512, 512, 512), num_heads=(8, 16, 16, 16))    # 86.3M
+_D4 = dict(layers=(8, 8, 16, 4), embed_dims=(384, 768, 768, 768), num_heads=(12, 16, 16, 16))   # 193.0M
 _D5 = dict(layers=(12, 12, 20, 4), embed_dims=(384, 768, 768, 768), num_heads=(12, 16, 16, 16),
-           mlp_ratio=4, stem_hidden_dim=128)
+           mlp_ratio=4, stem_hidden_dim=128)                                                   # 295.5M
 # Small presets for 28-32 px images (MNIST, CIFAR): patch 4, so the outlookers see an 8x8 token grid at 32 px.
 _TINY = dict(layers=(1, 1, 1, 1), embed_dims=(64, 128, 128, 128), num_heads=(2, 4, 4, 4), patch_size=4,
-             stem_hidden_dim=32, img_size=32, num_classes=10)
+             stem_hidden_dim=32, img_size=32, num_classes=10)                                  # 0.94M
 _NANO = dict(layers=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64), num_heads=(1, 2, 2, 2), patch_size=4,
-             stem_hidden_dim=16, img_size=32, num_classes=10)
+             stem_hidden_dim=16, img_size=32, num_classes=10)                                  # 0.25M
 
 
-# --- the presets -----------------------------------------------------------------------------------------
-@register_model
-def volo_d1(pretrained=False, **kwargs) -> VOLO:
-    """VOLO-D1: 26.6M parameters at 224 px."""
-    return _build("volo_d1", _D1, pretrained, kwargs)
+# --- the presets: VOLO-D1 ... D5 at 224 px (parameter counts above), and two small ones -------------------
+def volo_d1(pretrained=False, **kwargs) -> VOLO: return _build("volo_d1", _D1, pretrained, kwargs)
+def volo_d2(pretrained=False, **kwargs) -> VOLO: return _build("volo_d2", _D2, pretrained, kwargs)
+def volo_d3(pretrained=False, **kwargs) -> VOLO: return _build("volo_d3", _D3, pretrained, kwargs)
+def volo_d4(pretrained=False, **kwargs) -> VOLO: return _build("volo_d4", _D4, pretrained, kwargs)
+def volo_d5(pretrained=False, **kwargs) -> VOLO: return _build("volo_d5", _D5, pretrained, kwargs)
+def volo_tiny(pretrained=False, **kwargs) -> VOLO: return _build("volo_tiny", _TINY, pretrained, kwargs)
+def volo_nano(pretrained=False, **kwargs) -> VOLO: return _build("volo_nano", _NANO, pretrained, kwargs)
 
 
-@register_model
-def volo_d2(pretrained=False, **kwargs) -> VOLO:
-    """VOLO-D2: 58.7M parameters at 224 px."""
-    return _build("volo_d2", _D2, pretrained, kwargs)
-
-
-@register_model
-def volo_d3(pretrained=False, **kwargs) -> VOLO:
-    """VOLO-D3: 86.3M parameters at 224 px."""
-    return _build("volo_d3", _D3, pretrained, kwargs)
-
-
-@register_model
-def volo_d4(pretrained=False, **kwargs) -> VOLO:
-    """VOLO-D4: 193.0M parameters at 224 px."""
-    return _build("volo_d4", _D4, pretrained, kwargs)
-
-
-@register_model
-def volo_d5(pretrained=False, **kwargs) -> VOLO:
-    """VOLO-D5: 295.5M parameters at 224 px (mlp_ratio 4, stem 128)."""
-    return _build("volo_d5", _D5, pretrained, kwargs)
-
-
-@register_model
-def volo_tiny(pretrained=False, **kwargs) -> VOLO:
-    """A 0.94M-parameter VOLO for 32 px images, 10 classes by default."""
-    return _build("volo_tiny", _TINY, pretrained, kwargs)
-
-
-@register_model
-def volo_nano(pretrained=False, **kwargs) -> VOLO:
-    """A 0.25M-parameter VOLO for 32 px images, 10 classes by default."""
-    return _build("volo_nano", _NANO, pretrained, kwargs)
+for _preset in (volo_d1, volo_d2, volo_d3, volo_d4, volo_d5, volo_tiny, volo_nano):
+    register_model(_preset)
 
 
 def _at_resolution(name: str, config: dict, img_size: int) -> Callable:
