@@ -1,5 +1,6 @@
 """PyTorch-parity rules that the autograd core follows but a reader of ``tensor.py`` need not study.
 
+    as_array(data, dtype, device)          -> a backend array; Python floats become float32 (the default)
     result_type(*operands)                 -> the dtype torch gives an elementwise op (torch.result_type)
     axis_arg(axis, dim)                     -> NumPy's ``axis`` or PyTorch's ``dim``, whichever was given
     reduce_args(axis, dim, keepdims, keepdim) -> (axis, keepdims) accepting either spelling
@@ -11,7 +12,11 @@ Operands here are backend arrays and Python numbers; ``tensor.py`` unwraps its T
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from . import backend
 
 NUMBERS = (bool, int, float, complex)  # Python numbers
 
@@ -65,6 +70,22 @@ def result_type(*operands) -> np.dtype:
     return _combine(groups[0], _combine(groups[1], groups[2]))
 
 
+def as_array(data, dtype=None, device=None):
+    """The backend array for ``data`` (not a Tensor); Python floats and lists of floats become float32,
+    torch's default dtype (NumPy's would be float64); arrays and NumPy scalars keep their dtype."""
+    if backend.is_array(data):
+        arr = data
+    else:
+        arr = np.asarray(data)
+        if dtype is None and arr.dtype.kind == "f" and not isinstance(data, np.generic):
+            arr = arr.astype(np.float32)
+    if device is not None and backend.device_of(arr) != device:
+        arr = backend.to_device(arr, device)
+    if dtype is not None and arr.dtype != np.dtype(dtype):
+        arr = arr.astype(dtype)
+    return arr
+
+
 def axis_arg(axis, dim):
     """Accept PyTorch's ``dim`` as an alias of NumPy's ``axis`` (a list of axes becomes a tuple)."""
     a = axis if dim is None else dim
@@ -84,7 +105,7 @@ def var_correction(correction, ddof, unbiased) -> int:
     return given[0] if given else 1
 
 
-def _count(shape: tuple, axis) -> int:
+def reduced_count(shape: tuple, axis) -> int:
     """How many elements a reduction over ``axis`` (None, an int or a tuple) combines into each output."""
     if axis is None:
         return int(np.prod(shape))
@@ -119,7 +140,8 @@ class TorchMethods:
         if self.dtype.kind not in "fc":
             raise TypeError(f"mean() needs a floating-point tensor, got dtype {self.dtype}; "
                             "use .float() or .double() first")
-        return self.sum(axis, keepdims) / _count(self.shape, axis)
+        n = reduced_count(self.shape, axis)
+        return self.sum(axis, keepdims) / n if n else self.sum(axis, keepdims) * math.nan  # 0/0 quietly
 
     def var(self, axis=None, unbiased: bool | None = None, keepdims: bool = False, *, correction=None,
             ddof=None, dim=None, keepdim=None):
@@ -132,14 +154,14 @@ class TorchMethods:
         axis, keepdims = reduce_args(axis, dim, keepdims, keepdim)
         correction = var_correction(correction, ddof, unbiased)
         centred = self - self.mean(axis, keepdims=True)
-        return (centred * centred).sum(axis, keepdims) / max(_count(self.shape, axis) - correction, 0)
+        return (centred * centred).sum(axis, keepdims) / max(reduced_count(self.shape, axis) - correction, 0)
 
     def view(self, *shape):
         return self.reshape(*shape)
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1):
-        end = end_dim % self.ndim if self.ndim else 0
-        shape = self.shape[:start_dim] + (-1,) + self.shape[end + 1:]
+        start, end = (start_dim % self.ndim, end_dim % self.ndim) if self.ndim else (0, 0)
+        shape = self.shape[:start] + (math.prod(self.shape[start:end + 1]),) + self.shape[end + 1:]
         return self.reshape(shape) if self.ndim else self.reshape(1)
 
     def transpose(self, *axes):

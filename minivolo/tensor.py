@@ -33,7 +33,7 @@ class Tensor(parity.TorchMethods):
     __array_priority__ = 1000  # make ndarray <op> Tensor defer to Tensor's reflected operators
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, device: str | None = None):
-        self.data = _as_array(data, dtype, device)
+        self.data = parity.as_array(data.data if isinstance(data, Tensor) else data, dtype, device)
         self.grad: Tensor | None = None
         self.requires_grad = bool(requires_grad)
         if self.requires_grad and self.data.dtype.kind not in "fc":
@@ -115,7 +115,7 @@ class Tensor(parity.TorchMethods):
                                    f"shape {self.shape}: pass grad= (an array of that shape)")
             grad = self.xp.ones_like(self.data)
         else:
-            grad = _as_array(grad, self.dtype, self.device)
+            grad = parity.as_array(grad.data if isinstance(grad, Tensor) else grad, self.dtype, self.device)
             if grad.shape != self.shape:
                 raise ValueError(f"grad has shape {grad.shape}, expected the output's shape {self.shape}")
 
@@ -267,6 +267,9 @@ class Tensor(parity.TorchMethods):
         """Maximum over ``axis``; ties share the gradient equally (as ``torch.amax``)."""
         axis, keepdims = parity.reduce_args(axis, dim, keepdims, keepdim)
         x, xp = self.data, self.xp
+        if parity.reduced_count(self.shape, axis) == 0:
+            raise ValueError(f"max: the maximum over an empty dim is undefined (input shape {self.shape}, "
+                             f"axis {axis}); reduce over non-empty dims only")
         out = x.max(axis=axis, keepdims=True)
 
         def backward(g):
@@ -281,6 +284,9 @@ class Tensor(parity.TorchMethods):
     def reshape(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         src = self.shape
+        if -1 in shape and 0 in shape:  # any size fits -1 (NumPy's error would speak of "newaxis")
+            raise ValueError(f"reshape: -1 is ambiguous for a tensor of 0 elements (shape {src}); "
+                             f"give every size of {tuple(shape)}")
         return Tensor.from_op(self.data.reshape(shape), (self,), lambda g: (g.reshape(src),), "reshape")
 
     def permute(self, *axes):
@@ -351,23 +357,6 @@ def is_grad_enabled() -> bool:
     return _grad_enabled
 
 
-def _as_array(data, dtype=None, device=None):
-    """The backend array for ``data``; Python floats/lists become float32 (the default dtype)."""
-    if isinstance(data, Tensor):
-        data = data.data
-    if backend.is_array(data):
-        arr = data
-    else:
-        arr = np.asarray(data)
-        if dtype is None and arr.dtype.kind == "f" and not isinstance(data, np.generic):
-            arr = arr.astype(np.float32)
-    if device is not None and backend.device_of(arr) != device:
-        arr = backend.to_device(arr, device)
-    if dtype is not None and arr.dtype != np.dtype(dtype):
-        arr = arr.astype(dtype)
-    return arr
-
-
 def unbroadcast(g, shape: tuple):
     """Sum ``g`` over the axes that broadcasting added or stretched, so that it has ``shape``."""
     if g.shape == tuple(shape):
@@ -387,11 +376,11 @@ def _common(*items) -> tuple:
     Numbers and arrays go to the first Tensor's device; a number is converted straight to the result
     dtype (1.0001 * float64 must not pass through float32).
     """
-    dtype = parity.result_type(*(t.data if isinstance(t, Tensor) else _as_array(t) if not isinstance(
+    dtype = parity.result_type(*(t.data if isinstance(t, Tensor) else parity.as_array(t) if not isinstance(
         t, parity.NUMBERS) else t.item() if isinstance(t, np.generic) else t for t in items))
     device = next((t.device for t in items if isinstance(t, Tensor)), None)
     tensors = [t if isinstance(t, Tensor) else
-               Tensor(_as_array(t, dtype if np.isscalar(t) else None, device)) for t in items]
+               Tensor(parity.as_array(t, dtype if np.isscalar(t) else None, device)) for t in items]
     return tensors, [t.data.astype(dtype, copy=False) for t in tensors]
 
 

@@ -225,3 +225,74 @@ def test_nll_loss_unbatched(reduction):
     w = np.array([0.5, 2.0, 1.0])
     check_against_torch(lambda x: F.nll_loss(x, np.array(1), mv.Tensor(w), reduction=reduction),
                         lambda x: TF.nll_loss(x, torch.tensor(1), torch.tensor(w), reduction=reduction), [randn(3)])
+
+
+# --- zero-size inputs (an empty batch) ------------------------------------------------------------------
+def _weights(c, dtype):
+    return np.linspace(0.5, 2, c).astype(dtype)
+
+
+EMPTY_OPS = [  # (name, minivolo fn, torch fn, extra input arrays after the empty (0, 4, 3) input)
+    ("softmax", lambda x: F.softmax(x, -1), lambda x: TF.softmax(x, -1), []),
+    ("softmax_empty_dim", lambda x: F.softmax(x, 0), lambda x: TF.softmax(x, 0), []),
+    ("log_softmax", lambda x: F.log_softmax(x, 1), lambda x: TF.log_softmax(x, 1), []),
+    ("log_softmax_empty_dim", lambda x: F.log_softmax(x, 0), lambda x: TF.log_softmax(x, 0), []),
+    ("layer_norm", lambda x, w, b: F.layer_norm(x, 3, w, b), lambda x, w, b: TF.layer_norm(x, (3,), w, b),
+     [(3,), (3,)]),
+    ("batch_norm_eval", lambda x, w, b: F.batch_norm(x, np.zeros(4, x.dtype), np.ones(4, x.dtype), w, b),
+     lambda x, w, b: TF.batch_norm(x, torch.zeros(4, dtype=x.dtype), torch.ones(4, dtype=x.dtype), w, b),
+     [(4,), (4,)]),
+    ("linear", F.linear, TF.linear, [(5, 3), (5,)]),
+    ("relu", F.relu, TF.relu, []),
+    ("gelu", F.gelu, TF.gelu, []),
+    ("gelu_tanh", lambda x: F.gelu(x, "tanh"), lambda x: TF.gelu(x, approximate="tanh"), []),
+    ("erf", F.erf, torch.erf, []),
+    ("dropout_eval", lambda x: F.dropout(x, 0.5, False), lambda x: TF.dropout(x, 0.5, False), []),
+    ("mse_loss", F.mse_loss, TF.mse_loss, [(0, 4, 3)]),
+    ("mse_loss_sum", lambda a, b: F.mse_loss(a, b, "sum"), lambda a, b: TF.mse_loss(a, b, reduction="sum"),
+     [(0, 4, 3)]),
+    ("cross_entropy_probs", F.cross_entropy, TF.cross_entropy, [(0, 4, 3)]),
+]
+EMPTY_LOSS_REDUCTIONS = ["mean", "sum", "none"]
+
+
+@pytest.mark.parametrize("name,f,tf,extra", EMPTY_OPS, ids=[e[0] for e in EMPTY_OPS])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_size_inputs_match_torch(name, f, tf, extra, dtype):
+    """(0, 4, 3) in: empty outputs and gradients, NaN for a mean over nothing, as torch (no NumPy error)."""
+    arrays = [np.zeros((0, 4, 3), dtype)] + [randn(*shape, dtype=dtype, seed=i + 1) for i, shape in enumerate(extra)]
+    with np.errstate(all="raise"):  # no NumPy warning either: torch gives its NaN quietly
+        check_against_torch(f, tf, arrays)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "nll_loss"])
+@pytest.mark.parametrize("reduction", EMPTY_LOSS_REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_zero_size_class_index_losses_match_torch(loss, reduction, weighted):
+    w = _weights(4, np.float64) if weighted else None
+    t = np.zeros((0, 3), np.int64)
+    with np.errstate(all="raise"):
+        out = check_against_torch(
+            lambda x: getattr(F, loss)(x, t, None if w is None else mv.Tensor(w), reduction=reduction),
+            lambda x: getattr(TF, loss)(x, torch.tensor(t), None if w is None else torch.tensor(w),
+                                        reduction=reduction), [np.zeros((0, 4, 3))])[0]
+    assert out.shape == ((0, 3) if reduction == "none" else ())
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_zero_size_dropout_and_drop_path(p):
+    x = mv.Tensor(np.zeros((0, 4, 3), np.float32), requires_grad=True)
+    for y in (F.dropout(x, p), F.drop_path(x, p, training=True)):
+        assert y.shape == (0, 4, 3) and y.dtype == np.float32
+        y.sum().backward()
+        assert x.grad.shape == (0, 4, 3)
+    assert tuple(TF.dropout(torch.zeros((0, 4, 3)), p).shape) == (0, 4, 3)
+
+
+def test_zero_size_batch_norm_training_is_refused_in_our_words():
+    """torch refuses one value per channel; an empty batch has none: refused too, naming the shape."""
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        TF.batch_norm(torch.zeros((1, 4)), None, None, training=True)
+    with pytest.raises(ValueError, match=r"more than 1 value per channel when training, got input of shape "
+                                         r"\(0, 4, 3\)"):
+        F.batch_norm(mv.Tensor(np.zeros((0, 4, 3))), None, None, training=True)

@@ -209,3 +209,43 @@ def test_where_and_maximum_promote_like_torch():
     x = randn(3, dtype=np.float32)
     check_against_torch(lambda t: mv.where(t > 0, t, 0), lambda t: torch.where(t > 0, t, 0), [x])
     check_against_torch(lambda t: mv.maximum(t, 0.5), lambda t: torch.maximum(t, torch.tensor(0.5)), [x])
+
+
+# --- zero-size inputs (an empty batch) ------------------------------------------------------------------
+EMPTY_OPS = [
+    ("sum", lambda t: t.sum(), None), ("sum_axis", lambda t: t.sum(1), None),
+    ("mean", lambda t: t.mean(), None), ("mean_empty_axis", lambda t: t.mean(0), None),
+    ("mean_axis", lambda t: t.mean((1, 2), keepdims=True), lambda t: t.mean((1, 2), keepdim=True)),
+    ("max_axis", lambda t: t.max(1), lambda t: t.amax(1)), ("var_axis", lambda t: t.var(2), None),
+    ("reshape", lambda t: t.reshape(0, 12), None), ("reshape_minus_one", lambda t: t.reshape(-1, 3), None),
+    ("flatten", lambda t: t.flatten(1), None), ("flatten_all", lambda t: t.flatten(), None),
+    ("permute", lambda t: t.permute(2, 0, 1), None), ("transpose", lambda t: t.transpose(0, 2), None),
+    ("squeeze_unsqueeze", lambda t: t.unsqueeze(1).squeeze(1), None),
+    ("getitem", lambda t: t[:, 1, ::2], None),
+    ("matmul", lambda t: t @ mv.Tensor(np.ones((3, 5), t.dtype)), lambda t: t @ torch.ones((3, 5), dtype=t.dtype)),
+    ("elementwise", lambda t: (t * 2 + 1).exp().tanh() / (t.abs() + 1) - t ** 2, None),
+    ("cat", lambda t: mv.cat([t, t], 1), lambda t: torch.cat([t, t], 1)),
+    ("stack", lambda t: mv.stack([t, t]), lambda t: torch.stack([t, t])),
+    ("where_maximum", lambda t: mv.where(t > 0, t, mv.maximum(t, 0.5)),
+     lambda t: torch.where(t > 0, t, torch.maximum(t, torch.tensor(0.5, dtype=t.dtype)))),
+]
+
+
+@pytest.mark.parametrize("name,f,tf", EMPTY_OPS, ids=[e[0] for e in EMPTY_OPS])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_zero_size_inputs_match_torch(name, f, tf, dtype):
+    """An empty batch (0, 4, 3): empty outputs and gradients (NaN for a mean over nothing), as torch."""
+    check_against_torch(f, tf or f, [np.zeros((0, 4, 3), dtype)])
+
+
+def test_zero_size_inputs_refused_in_our_words():
+    x, tx = mv.Tensor(np.zeros((0, 4, 3))), torch.zeros((0, 4, 3))
+    for ours, theirs in [(lambda: x.max(), lambda: tx.amax()), (lambda: x.max(0), lambda: tx.amax(0))]:
+        with pytest.raises((RuntimeError, IndexError)):
+            theirs()  # torch refuses too
+        with pytest.raises(ValueError, match=r"maximum over an empty dim is undefined \(input shape \(0, 4, 3\)"):
+            ours()
+    with pytest.raises(RuntimeError, match="ambiguous"):
+        tx.reshape(0, -1)
+    with pytest.raises(ValueError, match=r"reshape: -1 is ambiguous for a tensor of 0 elements"):
+        x.reshape(0, -1)

@@ -99,17 +99,23 @@ def softmax(input: Tensor, dim: int = -1) -> Tensor:
 
     Fused: dx = y * (g - sum_j g_j y_j).
     """
-    x, xp = input.data, input.xp
-    y = xp.exp(x - x.max(axis=dim, keepdims=True))
+    y = input.xp.exp(_shift_by_max(input.data, dim))
     y /= y.sum(axis=dim, keepdims=True)
     return Tensor.from_op(y, (input,), lambda g: (y * (g - (g * y).sum(axis=dim, keepdims=True)),),
                           "softmax")
 
 
+def _shift_by_max(x, dim: int):
+    """``x - max x`` along ``dim`` (so that exp cannot overflow); an empty ``x`` as it is (no max)."""
+    return x - x.max(axis=dim, keepdims=True) if x.size else x
+
+
 def _log_softmax(x, dim: int):
     """log softmax of an array along ``dim``: ``x - max - log sum exp(x - max)``."""
     xp = backend.get_array_module(x)
-    shifted = x - x.max(axis=dim, keepdims=True)
+    if not x.size:
+        return x.copy()  # empty in, empty out (log of the empty sum would be -inf)
+    shifted = _shift_by_max(x, dim)
     return shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
 
 
@@ -303,6 +309,9 @@ def _reduce(loss, reduction: str, divisor):
     xp = backend.get_array_module(loss)
     if reduction == "sum":
         return xp.asarray(loss.sum()), lambda g: g
+    if not loss.size or not divisor:  # nothing counted (an empty batch, all ignored): 0/0 = NaN, as torch
+        nan = xp.asarray(math.nan, dtype=loss.dtype)
+        return nan, lambda g: g * nan
     return xp.asarray(loss.sum() / divisor), lambda g: g / divisor
 
 
