@@ -1,12 +1,11 @@
 """PyTorch-parity rules that the autograd core follows but a reader of ``tensor.py`` need not study.
 
-    as_array(data, dtype, device)          -> a backend array; Python floats become float32 (the default)
-    result_type(*operands)                 -> the dtype torch gives an elementwise op (torch.result_type)
-    axis_arg(axis, dim)                     -> NumPy's ``axis`` or PyTorch's ``dim``, whichever was given
-    reduce_args(axis, dim, keepdims, keepdim) -> (axis, keepdims) accepting either spelling
-    var_correction(correction, ddof, unbiased) -> the divisor's correction of ``var`` (default 1)
-    TorchMethods                            -> the Tensor methods composed of its primitives (mean, var,
-                                               transpose, squeeze, ...), with PyTorch's signatures
+    as_array(data, dtype, device)   a backend array; Python floats become float32 (torch's default dtype)
+    result_type(*operands)          the dtype torch gives an elementwise op (torch.result_type)
+    axis_arg, reduce_args           NumPy's ``axis``/``keepdims`` or PyTorch's ``dim``/``keepdim``
+    var_correction                  ``var``'s correction from ``correction``, ``unbiased`` or ``ddof``
+    TorchMethods                    the Tensor methods composed of its primitives (mean, var, transpose,
+                                    squeeze, ...), with PyTorch's signatures; Tensor inherits them
 
 Operands here are backend arrays and Python numbers; ``tensor.py`` unwraps its Tensors before asking.
 """
@@ -24,6 +23,7 @@ NUMBERS = (bool, int, float, complex)  # Python numbers
 def _is_number(x) -> bool:
     """A Python number; NumPy scalars (np.float64 subclasses float) count as 0-d arrays here."""
     return isinstance(x, NUMBERS) and not isinstance(x, np.generic)
+
 
 # PyTorch's type promotion (torch.result_type), which differs from NumPy's in two ways: int with float
 # gives the float type (int32 + float32 -> float32), and an operand only raises the result's *category*
@@ -132,7 +132,6 @@ class TorchMethods:
 
     def __rmatmul__(self, other):
         return self._lift(other) @ self
-
 
     def mean(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
         """``sum / n`` over ``axis``; NaN over an empty axis; floating-point tensors only, as ``torch.mean``."""
