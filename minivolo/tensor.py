@@ -180,7 +180,7 @@ class Tensor(parity.TorchMethods):
         out = a ** b
 
         def backward(g):
-            ga = xp.where(b == 0, 0, g * b * a ** (b - 1)) if self.requires_grad else None
+            ga = xp.where(b == 0, 0, g * b * xp.where(b == 0, 1, a) ** (b - 1)) if self.requires_grad else None
             if other.requires_grad:
                 zero = (a == 0) & (b >= 0)
                 gb = xp.where(zero, 0, g * out * xp.log(xp.where(zero, 1, a)))  # no log(0) warning
