@@ -8,12 +8,14 @@ the CPU (NumPy) and on an NVIDIA GPU (CuPy). No other module imports cupy.
     to_device(a, device)  -> the array on that device (a copy only when it has to move)
     to_numpy(a)           -> a host NumPy array (copies from the GPU explicitly)
     default_device()      -> $MINIVOLO_DEVICE, "cpu" when unset
+    erf(a)                -> the error function, by scipy.special (host) or cupyx.scipy.special (GPU)
 """
 from __future__ import annotations
 
 import os
 
 import numpy as np
+import scipy.special
 
 try:  # CuPy is optional; a broken install counts as absent.
     import cupy as _cupy
@@ -84,6 +86,17 @@ def to_numpy(a) -> np.ndarray:
     if _cupy is not None and isinstance(a, _cupy.ndarray):
         return _cupy.asnumpy(a)
     return np.asarray(a)
+
+
+def erf(a):
+    """The error function of a float array, in its dtype: ``scipy.special.erf`` for NumPy arrays,
+    ``cupyx.scipy.special.erf`` (imported on first use) for CuPy arrays. float32 is computed in float32."""
+    if get_array_module(a) is np:
+        out = np.asarray(scipy.special.erf(a))  # a 0-d input gives a NumPy scalar: make it an array again
+    else:
+        import cupyx.scipy.special
+        out = cupyx.scipy.special.erf(a)
+    return out.astype(a.dtype) if a.dtype.kind == "f" and out.dtype != a.dtype else out  # float16
 
 
 def manual_seed_device(seed: int) -> None:

@@ -131,7 +131,7 @@ def _volo_tiny_step():
     timm's VOLO of the same config when timm imports (it needs torchvision; otherwise minivolo alone)."""
     from . import manual_seed
     from .models import create_model
-    from .models.volo import _TINY
+    from .models.registry import _TINY
 
     manual_seed(0)
     model = create_model("volo_tiny", in_chans=1, num_classes=10)
