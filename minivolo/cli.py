@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   python -m minivolo train                              # volo_tiny on the bundled Fashion-MNIST subset
   python -m minivolo train --epochs 1 --max-train 512   # a quick smoke run
   python -m minivolo train --resume runs/volo_tiny-20250101-120000
+  mpiexec -n 2 python -m minivolo train --batch-size 32 --sync-bn   # data-parallel, global batch 64
   python -m minivolo evaluate runs/NAME/best.npz
   python -m minivolo predict runs/NAME/best.npz shirt.png --topk 3
   python -m minivolo info volo_d1
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--resume", metavar="RUN_OR_CKPT",
         help="continue a run (its folder or a checkpoint) with its saved config; only --device may change")
     add("--quiet", dest="progress", action="store_false", default=None, help="no progress output")
+    add("--sync-bn", action="store_true", default=None,
+        help="data-parallel runs: the stem's BatchNorms use the statistics of all processes (SyncBatchNorm)")
+    add("--dtype", choices=("float32", "float64"), help=f"parameters and inputs (default: {d.dtype})")
 
     e = sub.add_parser("evaluate", help="accuracy and confusion matrix of a checkpoint",
                        description="Evaluate a checkpoint on a test split; writes confusion.png next to it.")
@@ -200,7 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except (OSError, ValueError) as e:  # missing files, corrupt checkpoints, bad configs
-        print(f"error: {e}", file=sys.stderr)
+        from . import distributed
+        many = distributed.world_size() > 1
+        where = f" (process {distributed.rank()} of {distributed.world_size()})" if many else ""
+        print(f"error{where}: {e}", file=sys.stderr)
+        if many:
+            sys.stderr.flush()
+            distributed.abort(2)  # the other processes would wait for this one forever
         return 2
     except KeyboardInterrupt:
         if args.command == "train":

@@ -13,8 +13,8 @@ process on the global batch (per-rank batch x world size), as PyTorch's Distribu
     barrier()
     DistributedDataParallel     broadcasts rank 0's weights and buffers, averages gradients with one
                                 all-reduce per bucket of flattened gradients
-    all_reduce_sum(t), flip_batch(t)
-                                collectives inside the autograd graph (SyncBatchNorm, mix-token)
+    flip_batch(t)               x.flip(0) of the global batch, inside the autograd graph (mix-token)
+    global_batch_rows(draw, shape)  per-sample random draws of the global batch (drop-path)
 
 Launch: ``mpiexec -n 2 python train.py``. mpi4py is imported only when a process group with more
 than one rank is started, so minivolo imports and runs without it.
@@ -30,8 +30,9 @@ import numpy as np
 from . import backend
 from .tensor import Tensor
 
-__all__ = ["init", "rank", "world_size", "is_main", "all_reduce", "broadcast", "barrier", "broadcast_object", "exchange",
-           "all_reduce_sum", "flip_batch", "DistributedDataParallel", "BACKENDS"]
+__all__ = ["init", "rank", "world_size", "is_main", "backend_name", "all_reduce", "broadcast",
+           "broadcast_object", "exchange", "barrier", "abort", "global_batch_rows", "flip_batch",
+           "DistributedDataParallel", "BACKENDS"]
 
 BACKENDS = ("auto", "mpi", "nccl")
 _OPS = ("sum", "mean")
@@ -292,19 +293,31 @@ def exchange(array, peer: int):
     return _group.exchange(array, peer)
 
 
+def abort(code: int = 1) -> None:
+    """Stop every rank now (MPI_Abort): for a failure on one rank, which the others would wait for."""
+    if _group.name == "mpi":
+        _group.comm.Abort(code)
+    raise SystemExit(code)
+
+
 def barrier() -> None:
     """Wait until every rank has reached this call."""
     _group.barrier()
 
 
-# --- collectives inside the autograd graph ------------------------------------------------------------
-def all_reduce_sum(x: Tensor) -> Tensor:
-    """``y = sum_r x_r`` over the ranks, differentiable (as ``torch.distributed.nn.all_reduce``).
+# --- the global batch: what one process would draw and pair ----------------------------------------
+def global_batch_rows(draw, shape: tuple):
+    """``draw(shape)`` as one process draws it for the global batch, cut to this rank's rows.
 
-    Every rank's loss depends on y, and the total loss is the sum over ranks, so
-    dL/dx_r = sum_r' dL_r'/dy: the backward is an all-reduce of the gradients too.
+    shape (b, ...) is per sample along axis 0 (b = this rank's batch); the draw is made for
+    (b * world_size, ...) and the rows rank::world_size are kept, the rows of this rank's samples (see
+    ``DataLoader``). With generators seeded alike on all ranks, a data-parallel run thus drops the same
+    paths as one process on the global batch. One process: ``draw(shape)``.
     """
-    return Tensor.from_op(all_reduce(x.data), (x,), lambda g: (all_reduce(g),), "all_reduce_sum")
+    w = _group.size
+    if w == 1:
+        return draw(tuple(shape))
+    return draw((shape[0] * w,) + tuple(shape[1:]))[_group.rank::w]
 
 
 def flip_batch(x: Tensor) -> Tensor:
@@ -318,7 +331,7 @@ def flip_batch(x: Tensor) -> Tensor:
     peer = _group.size - 1 - _group.rank
 
     def flip(a):
-        return exchange(backend.contiguous(a), peer)[::-1]
+        return exchange(a, peer)[::-1]
     return Tensor.from_op(flip(x.data), (x,), lambda g: (flip(g),), "flip_batch")
 
 

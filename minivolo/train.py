@@ -30,12 +30,14 @@ import numpy as np
 
 from tqdm import tqdm
 
-from . import backend
+from . import backend, distributed
 from . import functional as F
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, write_text  # noqa: F401
 from .datasets import (ArrayDataset, Compose, DataLoader, Normalize, RandomCrop, RandomHorizontalFlip, Resize,
                        read_image, load_dataset)
+from .distributed import DistributedDataParallel
 from .models import create_model
+from .nn import SyncBatchNorm
 from .optim import AdamW, CosineWarmup, clip_grad_norm_, param_groups_weight_decay
 from .plots import plot_confusion, plot_curves
 from .tensor import Tensor, no_grad
@@ -43,6 +45,7 @@ from .tensor import Tensor, no_grad
 __all__ = ["TrainConfig", "train", "train_one_epoch", "evaluate", "predict", "model_from_checkpoint",
            "save_checkpoint", "load_checkpoint", "plot_confusion"]
 
+DTYPES = ("float32", "float64")
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
 RESUME_OVERRIDES = ("device", "progress")
 
@@ -55,7 +58,13 @@ def train(config: TrainConfig | dict | None = None, resume: str | Path | None = 
     top (``train(epochs=3, name="quick")``). resume: a run directory or a checkpoint; the run continues
     in the checkpoint's directory with the saved config, of which only ``device`` and ``progress`` may
     be overridden. Returns ``{"run_dir", "metrics", "best_acc", "model"}``.
+
+    Data-parallel: ``mpiexec -n N python -m minivolo train ...`` (or this function in N processes
+    started by an MPI launcher) trains on global batches of N x batch_size, each process on its
+    shard (see ``minivolo.distributed``); only process 0 writes files and prints. A run resumes only
+    with the number of processes it was started with.
     """
+    distributed.init()
     ckpt = None
     if resume is not None:
         if config is not None or set(overrides) - set(RESUME_OVERRIDES):
@@ -72,8 +81,8 @@ def train(config: TrainConfig | dict | None = None, resume: str | Path | None = 
         if unknown:
             raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
         config = TrainConfig(**{**fields, **overrides}).validate()
-        if config.name is None:
-            config.name = f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if config.name is None:  # process 0's clock names the run
+            config.name = distributed.broadcast_object(f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir = Path(config.out) / config.name
         if (run_dir / "last.npz").exists():
             raise ValueError(f"{run_dir} already holds a run (last.npz); resume it or choose another name")
@@ -81,12 +90,19 @@ def train(config: TrainConfig | dict | None = None, resume: str | Path | None = 
 
 
 def _fit(config: TrainConfig, run_dir: Path, ckpt: dict | None) -> dict:
+    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
+    saved_world = ckpt.get("world_size", 1) if ckpt is not None else world
+    if saved_world != world:
+        raise ValueError(f"{run_dir} was trained by {saved_world} process(es), and its batches and random "
+                         f"draws are split that way: resume it with `mpiexec -n {saved_world}` "
+                         f"(this run has {world})")
     backend.manual_seed(config.seed)
     train_set = _subset(load_dataset(config.dataset, config.data_dir, train=True), config.max_train)
     test_set = _subset(load_dataset(config.dataset, config.data_dir, train=False), config.max_test)
-    if len(train_set) < config.batch_size:
+    if len(train_set) < config.batch_size * world:
+        processes = f" x {world} processes" if world > 1 else ""
         raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch "
-                         f"(batch_size {config.batch_size})")
+                         f"(batch_size {config.batch_size}{processes})")
     classes, in_chans = train_set.classes, train_set.images.shape[1]
 
     model = _build_model(config, len(classes), in_chans).to(config.device)
@@ -99,10 +115,12 @@ def _fit(config: TrainConfig, run_dir: Path, ckpt: dict | None) -> dict:
         data = ckpt["data"]
         model.load_state_dict(ckpt["model"])
 
+    ddp = DistributedDataParallel(model)  # rank 0's weights everywhere; gradient buckets
     train_loader = DataLoader(train_set, config.batch_size, shuffle=True, drop_last=True, seed=config.seed,
-                              transform=_train_transform(data, config.augment), device=config.device)
+                              transform=_train_transform(data, config.augment), device=config.device,
+                              num_replicas=world, rank=rank)
     test_loader = DataLoader(test_set, config.eval_batch_size, transform=_eval_transform(data),
-                             device=config.device)
+                             device=config.device, num_replicas=world, rank=rank, pad=False)
     steps = len(train_loader)
     optimizer = AdamW(param_groups_weight_decay(model, config.weight_decay), lr=config.lr)
     scheduler = CosineWarmup(optimizer, total_steps=config.epochs * steps,
@@ -113,33 +131,36 @@ def _fit(config: TrainConfig, run_dir: Path, ckpt: dict | None) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         metrics = ckpt["metrics"]
-    else:
+    elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     best_acc = max((m["test_acc"] for m in metrics), default=-math.inf)
 
-    if config.progress:
+    show = config.progress and main
+    if show:
         print(f"{config.model}: {model.num_parameters():,} parameters; {len(train_set)} train / "
-              f"{len(test_set)} test images of {data['img_size']}x{data['img_size']}; run dir {run_dir}")
+              f"{len(test_set)} test images of {data['img_size']}x{data['img_size']}; run dir {run_dir}"
+              + (f"; {world} processes x batch {config.batch_size}" if world > 1 else ""))
     for epoch in range(len(metrics), config.epochs):
         start = time.perf_counter()
         train_loader.set_epoch(epoch)
         backend.manual_seed(int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0]))
-        train_loss, train_acc, speed = train_one_epoch(model, train_loader, optimizer, scheduler, config, epoch)
+        train_loss, train_acc, speed = train_one_epoch(ddp, train_loader, optimizer, scheduler, config, epoch)
         test_loss, test_acc, _ = _evaluate_loader(model, test_loader, len(classes))
         metrics.append(dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                             test_acc=test_acc, lr=optimizer.param_groups[0]["lr"],
                             seconds=round(time.perf_counter() - start, 3)))
-        state = dict(epoch=epoch + 1, config=dataclasses.asdict(config), data=data, metrics=metrics,
-                     model=model.state_dict(), optimizer=optimizer.state_dict(),
-                     scheduler=scheduler.state_dict())
-        save_checkpoint(run_dir / "last.npz", state)
-        if test_acc > best_acc:
-            best_acc = test_acc
-            save_checkpoint(run_dir / "best.npz", state)
-        _write_metrics(run_dir, metrics)
-        plot_curves(run_dir, metrics)
-        if config.progress:
+        improved, best_acc = test_acc > best_acc, max(best_acc, test_acc)
+        if main:  # the processes hold the same weights and metrics: process 0 writes them
+            state = dict(epoch=epoch + 1, config=dataclasses.asdict(config), data=data, metrics=metrics,
+                         model=model.state_dict(), optimizer=optimizer.state_dict(),
+                         scheduler=scheduler.state_dict(), world_size=world)
+            save_checkpoint(run_dir / "last.npz", state)
+            if improved:
+                save_checkpoint(run_dir / "best.npz", state)
+            _write_metrics(run_dir, metrics)
+            plot_curves(run_dir, metrics)
+        if show:
             m = metrics[-1]
             print(f"epoch {m['epoch']:3d}/{config.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
                   f"test loss {test_loss:.4f} acc {test_acc:.4f}  lr {m['lr']:.2e}  "
@@ -162,15 +183,22 @@ def _loss(model, x, y, label_smoothing: float):
 
 def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, config: TrainConfig,
                     epoch: int) -> tuple[float, float, float]:
-    """One pass over ``loader``; returns (mean training loss, training accuracy, images per second)."""
+    """One pass over ``loader``; returns (mean training loss, training accuracy, images per second).
+
+    ``model`` may be a DistributedDataParallel: its gradients are then averaged over the processes
+    after each backward, and the returned numbers are those of the global batches (all processes).
+    """
     model.train()
+    dtype = _dtype(model)
     total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress,
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, dynamic_ncols=True,
+               disable=not (config.progress and distributed.is_main()))
     for x, y in bar:
-        logits, loss = _loss(model, Tensor(x), y, config.label_smoothing)
+        logits, loss = _loss(model, Tensor(x.astype(dtype, copy=False)), y, config.label_smoothing)
         optimizer.zero_grad()
         loss.backward()
+        if isinstance(model, DistributedDataParallel):
+            model.reduce_gradients()  # the mean over the processes (torch does this inside backward)
         if config.clip_grad is not None:
             clip_grad_norm_(model.parameters(), config.clip_grad)
         optimizer.step()
@@ -179,25 +207,37 @@ def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, config: Tra
         total_loss += loss.item() * n
         correct += int((logits.data.argmax(axis=1) == y).sum())
         seen += n
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
-                        img_s=f"{seen / (time.perf_counter() - start):.0f}",
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",  # of this process
+                        img_s=f"{seen * distributed.world_size() / (time.perf_counter() - start):.0f}",
                         lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    total_loss, correct, seen = distributed.all_reduce(np.array([total_loss, correct, seen], np.float64))
     return total_loss / seen, correct / seen, seen / (time.perf_counter() - start)
 
 
 @no_grad()
 def _evaluate_loader(model, loader: DataLoader, num_classes: int) -> tuple[float, float, np.ndarray]:
-    """(mean cross-entropy, accuracy, confusion matrix (true, predicted)) of ``model`` in eval mode."""
+    """(mean cross-entropy, accuracy, confusion matrix (true, predicted)) of ``model`` in eval mode.
+
+    In a data-parallel run each process evaluates its shard; the sums are all-reduced.
+    """
     model.eval()
+    dtype = _dtype(model)
     total_loss, confusion = 0.0, np.zeros((num_classes, num_classes), np.int64)
     for x, y in loader:
-        logits = model(Tensor(x))
+        logits = model(Tensor(x.astype(dtype, copy=False)))
         total_loss += F.cross_entropy(logits, Tensor(y)).item() * len(y)
         pred = backend.to_numpy(logits.data.argmax(axis=1))
         confusion += np.bincount(backend.to_numpy(y) * num_classes + pred,
                                  minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    total_loss = float(distributed.all_reduce(np.array([total_loss]))[0])
+    confusion = distributed.all_reduce(confusion)
     n = int(confusion.sum())
     return total_loss / n, float(np.trace(confusion)) / n, confusion
+
+
+def _dtype(model) -> np.dtype:
+    """The floating dtype of the model's parameters (the inputs are cast to it)."""
+    return next(iter(model.parameters())).dtype
 
 
 # --- the configuration ---------------------------------------------------------------------------
@@ -215,7 +255,7 @@ class TrainConfig:
     data_dir: str | None = None        # None: the dataset's default location
     img_size: int | None = None        # None: the model's default; images are padded/cropped to it
     epochs: int = 20
-    batch_size: int = 64
+    batch_size: int = 64               # per process: mpiexec -n N trains on global batches of N x this
     lr: float = 1e-3                   # peak learning rate of AdamW, reached after the warm-up
     min_lr: float = 1e-5               # end of the cosine
     warmup_lr: float = 1e-6            # start of the warm-up (the official recipe's --warmup-lr)
@@ -233,6 +273,8 @@ class TrainConfig:
     max_test: int | None = None
     eval_batch_size: int = 256
     progress: bool = True              # progress bars and one line per epoch on the terminal
+    sync_bn: bool = False              # SyncBatchNorm in the stem: batch statistics over all processes
+    dtype: str = "float32"             # "float64": parameters and inputs in double precision
 
     def validate(self) -> "TrainConfig":
         positive = dict(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
@@ -252,6 +294,8 @@ class TrainConfig:
         for key in ("max_train", "max_test", "img_size"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         backend.array_module(self.device)  # raises on an unknown or unavailable device
         return self
 
@@ -333,7 +377,8 @@ def predict(checkpoint: str | Path, images: Sequence, topk: int = 5, device: str
     x = np.stack([transform(a[None])[0] for a in arrays])  # per image: they may differ in size
     model = model_from_checkpoint(ckpt, device)
     with no_grad():
-        probs = backend.to_numpy(F.softmax(model(Tensor(x, device=device)), dim=-1).data)
+        x = Tensor(x.astype(_dtype(model)), device=device)
+        probs = backend.to_numpy(F.softmax(model(x), dim=-1).data)
     k = min(topk, probs.shape[1])
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [[(data["classes"][j], float(p[j])) for j in row] for p, row in zip(probs, top)]
@@ -362,7 +407,10 @@ def _build_model(config: TrainConfig, num_classes: int, in_chans: int):
     kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=config.drop_path)
     if config.img_size is not None:
         kwargs["img_size"] = config.img_size
-    return create_model(config.model, **kwargs)
+    model = create_model(config.model, **kwargs)
+    if config.dtype == "float64":
+        model.double()
+    return SyncBatchNorm.convert_sync_batchnorm(model) if config.sync_bn else model
 
 
 def _model_img_size(model, config: TrainConfig) -> int:
@@ -377,7 +425,7 @@ def _model_img_size(model, config: TrainConfig) -> int:
 def model_from_checkpoint(ckpt: dict, device: str = "cpu"):
     """The trained model saved in ``ckpt`` (from ``load_checkpoint``), in eval mode on ``device``."""
     config, data = TrainConfig(**ckpt["config"]), ckpt["data"]
-    model = _build_model(config, len(data["classes"]), data["in_chans"])
+    model = _build_model(dataclasses.replace(config, sync_bn=False), len(data["classes"]), data["in_chans"])
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
 

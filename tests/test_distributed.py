@@ -60,16 +60,15 @@ def test_nccl_without_a_gpu_is_a_clear_error():
         dist.init("nccl")
 
 
-def test_differentiable_collectives_in_one_process():
+def test_global_batch_helpers_in_one_process():
     x = Tensor(np.arange(6.0).reshape(3, 2), requires_grad=True)
     y = dist.flip_batch(x)
     np.testing.assert_array_equal(y.data, x.data[::-1])
     w = np.arange(6.0).reshape(3, 2) + 1
     (y * Tensor(w)).sum().backward()
     np.testing.assert_array_equal(x.grad.data, w[::-1])
-    x.grad = None
-    (dist.all_reduce_sum(x) * Tensor(w)).sum().backward()
-    np.testing.assert_array_equal(x.grad.data, w)
+    rows = dist.global_batch_rows(lambda shape: np.arange(np.prod(shape)).reshape(shape), (3, 2))
+    np.testing.assert_array_equal(rows, np.arange(6).reshape(3, 2))
 
 
 # --- DistributedDataParallel -------------------------------------------------------------------------
@@ -115,7 +114,8 @@ def test_sync_batchnorm_in_one_process_is_batchnorm():
         bn.weight.data[:] = [1.0, 2.0, 3.0]
         xt = Tensor(x, requires_grad=True)
         (bn(xt) * Tensor(np.arange(x.size).reshape(x.shape))).sum().backward()
-        out[cls] = [xt.grad.data, bn.weight.grad.data, bn.bias.grad.data, bn.running_mean.data, bn.running_var.data]
+        out[cls] = [xt.grad.data, bn.weight.grad.data, bn.bias.grad.data, bn.running_mean.data,
+                    bn.running_var.data]
     for a, b in zip(out[nn.BatchNorm2d], out[nn.SyncBatchNorm]):
         np.testing.assert_array_equal(a, b)
 
@@ -204,3 +204,49 @@ def test_loader_lengths_and_rank_errors():
         DataLoader(ds, 2, num_replicas=2, rank=2)
     with pytest.raises(ValueError, match="num_replicas must be an integer >= 1, got 0"):
         DataLoader(ds, 2, num_replicas=0)
+
+
+def test_batch_norm_with_all_reduce_equals_batch_norm_of_the_whole_batch():
+    """Two 'processes' as two threads whose all_reduce sums through a barrier: each normalises half
+    of the batch, and together they give F.batch_norm of the whole batch, forward and backward."""
+    import threading
+
+    from minivolo import functional as F
+    rng = np.random.default_rng(3)
+    x, g = rng.standard_normal((6, 3, 4, 4)), rng.standard_normal((6, 3, 4, 4))
+    weight, bias = rng.standard_normal(3), rng.standard_normal(3)
+
+    def run(x, g, all_reduce=None):
+        xt = Tensor(x, requires_grad=True)
+        w, b = Tensor(weight, requires_grad=True), Tensor(bias, requires_grad=True)
+        rm, rv = np.zeros(3), np.ones(3)
+        out = F.batch_norm(xt, rm, rv, w, b, training=True, all_reduce=all_reduce)
+        out.backward(g)
+        return [out.data, xt.grad.data, w.grad.data, b.grad.data, rm, rv]
+
+    barrier, slots = threading.Barrier(2), [None, None]
+
+    def all_reduce_of(rank):
+        def all_reduce(a):
+            slots[rank] = a
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()
+            return total
+        return all_reduce
+
+    results = [None, None]
+    threads = [threading.Thread(target=lambda r=r: results.__setitem__(
+        r, run(x[r::2], g[r::2], all_reduce_of(r)))) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    whole = run(x, g)
+    for r in (0, 1):
+        np.testing.assert_allclose(results[r][0], whole[0][r::2], atol=1e-12)   # output
+        np.testing.assert_allclose(results[r][1], whole[1][r::2], atol=1e-12)   # input gradient
+        for a, b in zip(results[r][4:], whole[4:]):                             # running statistics
+            np.testing.assert_allclose(a, b, atol=1e-12)
+    for i in (2, 3):  # each half's weight/bias gradients sum to the whole batch's
+        np.testing.assert_allclose(results[0][i] + results[1][i], whole[i], atol=1e-12)

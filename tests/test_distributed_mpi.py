@@ -77,7 +77,9 @@ def test_one_step_averaged_gradient_equals_the_one_process_gradient(tmp_path):
 
 
 def test_five_adamw_steps_equal_the_one_process_run(tmp_path):
-    one, ranks = _steps(tmp_path, "--steps", "5", "--batch", "8")
+    """With SyncBatchNorm, drop-path (masks drawn for the global batch) and mix-token (one box for the
+    global batch, tokens pasted from the global flip, across ranks)."""
+    one, ranks = _steps(tmp_path, "--steps", "5", "--batch", "8", "--drop-path", "0.3", "--mix-token")
     states = [k for k in one.files if k.startswith("state/")]
     assert any("running_mean" in k for k in states)  # SyncBatchNorm's statistics are compared too
     for k in states:
@@ -90,3 +92,102 @@ def test_without_sync_batchnorm_the_ranks_differ_from_one_process(tmp_path):
     one, ranks = _steps(tmp_path, "--steps", "1", "--batch", "8", "--no-sync-bn")
     diff = max(np.abs(ranks[0][k] - one[k]).max() for k in one.files if k.startswith("grad/"))
     assert diff > 1e-6
+
+
+# --- python -m minivolo train under mpiexec -------------------------------------------------------------
+TRAIN = ["-m", "minivolo", "train", "--model", "volo_nano", "--dtype", "float64", "--sync-bn",
+         "--drop-path", "0.1", "--epochs", "1", "--max-train", "512", "--max-test", "256"]
+
+
+def _metrics(run_dir) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.csv")) as f:
+        header, *rows = [line.strip().split(",") for line in f]
+    return [{k: float(v) for k, v in zip(header, row) if k != "seconds"} for row in rows]
+
+
+def _bar_starts(stderr: str) -> int:
+    """How many progress bars were drawn: each starts with one '0/N [00:00<?, ?it/s]' frame."""
+    return sum(1 for frame in stderr.replace("\r", "\n").split("\n") if frame.endswith("?it/s]"))
+
+
+def test_two_process_train_equals_one_process_at_the_same_global_batch(tmp_path):
+    out = tmp_path / "runs"
+    one = run_ok(TRAIN + ["--batch-size", "64", "--out", out, "--name", "one"], timeout=400)
+    two = run_ok(TRAIN + ["--batch-size", "32", "--out", out / "dp"], ranks=2, timeout=400)
+    (run_dir,) = list((out / "dp").iterdir())  # one run folder, named by process 0
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.npz", "config.json", "curves.png", "last.npz",
+                                                          "metrics.csv"]
+    for result in (one, two):
+        assert _bar_starts(result.stderr) == 1
+        assert result.stdout.count("epoch   1/1  train loss") == 1 and result.stdout.count("parameters;") == 1
+    assert "2 processes x batch 32" in two.stdout
+    (m1,), (m2,) = _metrics(out / "one"), _metrics(run_dir)
+    assert m1.keys() == m2.keys()
+    for k in m1:
+        assert abs(m1[k] - m2[k]) <= 1e-6, (k, m1[k], m2[k])
+
+
+def _descendants(pid: int) -> list[int]:
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    for pid in _descendants(launcher):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"PMI_RANK={rank}".encode() in f.read().split(b"\0"):
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks through /proc")
+def test_a_killed_process_stops_the_others_and_the_run_resumes(tmp_path):
+    import time
+    small = ["--max-train", "256", "--max-test", "128", "--batch-size", "32", "--epochs", "2"]
+    args = TRAIN[:-6] + small
+    run_ok(args + ["--out", tmp_path, "--name", "straight"], ranks=2, timeout=400)
+
+    env = {**os.environ, "PYTHONPATH": ROOT, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [MPIEXEC, "-n", "2", sys.executable] + args + ["--out", str(tmp_path), "--name", "killed"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        last = tmp_path / "killed" / "last.npz"
+        deadline = time.monotonic() + 300
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victim = _rank_pid(proc.pid, 1)
+        assert last.exists() and victim is not None, "the run did not reach the end of epoch 1"
+        os.kill(victim, signal.SIGKILL)  # epoch 2 has begun
+        start = time.monotonic()
+        out, err = proc.communicate(timeout=120)  # no hang: the launcher stops rank 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode != 0 and time.monotonic() - start < 120
+    assert "BAD TERMINATION" in out + err or "killed" in (out + err).lower()
+    assert len(_metrics(tmp_path / "killed")) == 1  # the checkpoint of epoch 1 is intact
+
+    wrong = run([*TRAIN[:2], "train", "--resume", tmp_path / "killed"], timeout=300)  # 1 process
+    assert wrong.returncode == 2
+    assert "was trained by 2 process(es)" in wrong.stderr and "mpiexec -n 2" in wrong.stderr
+
+    run_ok([*TRAIN[:2], "train", "--resume", tmp_path / "killed"], ranks=2, timeout=400)
+    assert _metrics(tmp_path / "killed") == _metrics(tmp_path / "straight")  # bit for bit

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numpy as np
 
-from .. import backend
+from .. import backend, distributed
 from ..tensor import Tensor
 
 __all__ = ["linear", "relu", "erf", "gelu", "softmax", "log_softmax", "layer_norm", "batch_norm",
@@ -131,23 +131,28 @@ def log_softmax(input: Tensor, dim: int = -1) -> Tensor:
 
 # --- normalisation -------------------------------------------------------------------------------
 def _normalize(op: str, input: Tensor, weight, bias, stat_axes: tuple, param_shape: tuple, eps: float,
-               mean=None, var=None):
+               mean=None, var=None, means=None):
     """``y = (x - mean) / sqrt(var + eps) * weight + bias``, the core of layer_norm and batch_norm.
 
     With ``mean``/``var`` None they are the biased statistics of x over ``stat_axes`` and the backward
     differentiates through them: with xhat = (x - mean) * rstd and gh = g * weight,
         dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat))        (means over stat_axes).
     Given ``mean``/``var`` (batch_norm in eval mode) they are constants and dx = gh * rstd.
+    ``means(*arrays)`` computes those means over stat_axes (default: ``a.mean(axis=stat_axes)`` each);
+    SyncBatchNorm's also averages over the processes of a data-parallel run.
     weight and bias are viewed as ``param_shape`` (broadcastable to x); their gradients are
     sum(g * xhat) and sum(g) over the axes where param_shape is 1.
     Returns (y, mean, var), the statistics as arrays shaped for broadcasting.
     """
     x, xp = input.data, input.xp
     batch_stats = mean is None
+    if means is None:
+        def means(*arrays):
+            return [a.mean(axis=stat_axes, keepdims=True) for a in arrays]
     if batch_stats:
-        mean = x.mean(axis=stat_axes, keepdims=True)
+        mean, = means(x)
         xc = x - mean
-        var = (xc * xc).mean(axis=stat_axes, keepdims=True)
+        var, = means(xc * xc)
     else:
         xc = x - mean
     rstd = 1 / xp.sqrt(var + eps)
@@ -164,8 +169,8 @@ def _normalize(op: str, input: Tensor, weight, bias, stat_axes: tuple, param_sha
         if input.requires_grad:
             gh = g if w is None else g * w
             if batch_stats:
-                gx = rstd * (gh - gh.mean(axis=stat_axes, keepdims=True)
-                             - xhat * (gh * xhat).mean(axis=stat_axes, keepdims=True))
+                mean_gh, mean_ghx = means(gh, gh * xhat)
+                gx = rstd * (gh - mean_gh - xhat * mean_ghx)
             else:
                 gx = gh * rstd
         if weight is not None and weight.requires_grad:
@@ -197,14 +202,17 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bi
 
 def batch_norm(input: Tensor, running_mean, running_var, weight: Tensor | None = None,
                bias: Tensor | None = None, training: bool = False, momentum: float = 0.1,
-               eps: float = 1e-5) -> Tensor:
+               eps: float = 1e-5, *, all_reduce=None) -> Tensor:
     """Normalise each channel over the batch and the spatial dims.  input (N, C, *) -> (N, C, *).
 
     training: use the batch's mean and biased variance, and (when given) update the running
     statistics in place, ``r = (1 - momentum) r + momentum s``, with the *unbiased* variance for
     running_var (exactly as PyTorch). Not training: use running_mean/running_var.
     running_* are Tensors (their ``.data`` is updated), arrays, or None. weight, bias: (C,).
-    Fused forward/backward (see ``_normalize``).
+    Fused forward/backward (see ``_normalize``). ``all_reduce`` (minivolo's, for SyncBatchNorm: e.g.
+    ``distributed.all_reduce``, summing an array over the processes): the statistics and the two
+    gradient means of the backward are then those of the global batch: per-process sums all-reduced
+    (one call for the count, one per statistic, one in the backward) and divided by the global count.
     """
     if input.ndim < 2:
         raise ValueError(f"batch_norm: input must be (N, C, *), got shape {input.shape}")
@@ -223,10 +231,17 @@ def batch_norm(input: Tensor, running_mean, running_var, weight: Tensor | None =
         stats = [r.reshape(param_shape).astype(input.dtype, copy=False) for r in running]
         return _normalize("batch_norm", input, weight, bias, axes, param_shape, eps, *stats)[0]
     n = input.size // c
+    means = None
+    if all_reduce is not None:
+        n = int(all_reduce(np.array([n], np.int64))[0])  # over all processes
+
+        def means(*arrays):
+            sums = all_reduce(input.xp.stack([a.sum(axis=axes, keepdims=True) for a in arrays]))
+            return list(sums / sums.dtype.type(n))
     if n <= 1:
         raise ValueError(f"batch_norm: expected more than 1 value per channel when training, "
                          f"got input of shape {input.shape}")
-    out, mean, var = _normalize("batch_norm", input, weight, bias, axes, param_shape, eps)
+    out, mean, var = _normalize("batch_norm", input, weight, bias, axes, param_shape, eps, means=means)
     for r, stat in zip(running, (mean, var * (n / (n - 1)))):
         if r is not None:
             r[...] = momentum * stat.reshape(c).astype(r.dtype) + (1 - momentum) * r
@@ -234,11 +249,14 @@ def batch_norm(input: Tensor, running_mean, running_var, weight: Tensor | None =
 
 
 # --- dropout -------------------------------------------------------------------------------------
-def _keep_mask(x: Tensor, shape: tuple, keep_prob: float, scale: bool):
+def _keep_mask(x: Tensor, shape: tuple, keep_prob: float, scale: bool, global_batch: bool = False):
     """A Bernoulli(keep_prob) mask of ``shape`` in x's dtype and device, divided by keep_prob when
-    ``scale``, drawn from ``backend.generator`` of x's device."""
+    ``scale``, drawn from ``backend.generator`` of x's device. ``global_batch``: drawn for the global
+    batch of a data-parallel run and cut to this rank's rows (``distributed.global_batch_rows``)."""
     xp = x.xp
-    keep = backend.generator(x.device).random(shape, dtype=np.float32) < keep_prob
+    generator = backend.generator(x.device)
+    draw = lambda s: generator.random(s, dtype=np.float32)  # noqa: E731
+    keep = (distributed.global_batch_rows(draw, shape) if global_batch else draw(shape)) < keep_prob
     mask = keep.astype(x.dtype)
     if scale and keep_prob > 0:
         mask /= xp.asarray(keep_prob, dtype=x.dtype)
@@ -258,13 +276,15 @@ def drop_path(x: Tensor, drop_prob: float = 0., training: bool = False, scale_by
     """Stochastic depth (as timm): drop each *sample* of the batch with probability ``drop_prob``.
 
     x (B, *) times a mask (B, 1, ..., 1) of Bernoulli(1 - drop_prob), divided by 1 - drop_prob when
-    ``scale_by_keep``; identity unless training.
+    ``scale_by_keep``; identity unless training. In a data-parallel run the mask is drawn for the global
+    batch and sliced, so that the ranks together drop the paths one process would.
     """
     if not 0 <= drop_prob <= 1:
         raise ValueError(f"drop_path: drop_prob must be in [0, 1], got {drop_prob}")
     if not training or drop_prob == 0:
         return x
-    return x * _keep_mask(x, (x.shape[0],) + (1,) * (x.ndim - 1), 1 - drop_prob, scale_by_keep)
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    return x * _keep_mask(x, shape, 1 - drop_prob, scale_by_keep, global_batch=True)
 
 
 # --- losses --------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import backend, distributed
 from ..tensor import Tensor, where
 
 __all__ = ["rand_bbox", "mix_token_lambda", "check_bbox", "paste_flipped", "mix_tokens"]
@@ -52,7 +52,8 @@ def paste_flipped(x: Tensor, box: tuple) -> Tensor:
     r1, c1, r2, c2 = box
     inside = np.zeros((1, x.shape[1], x.shape[2], 1), dtype=bool)  # (1, H, W, 1), broadcast over B and C
     inside[:, r1:r2, c1:c2] = True
-    return where(backend.to_device(inside, x.device), x[::-1], x)
+    # x.flip(0) of the global batch: in a data-parallel run the partner rows live on another process
+    return where(backend.to_device(inside, x.device), distributed.flip_batch(x), x)
 
 
 def mix_tokens(x: Tensor, grid_hw: tuple, pooling_scale: int, beta: float, bbox: tuple | None = None,

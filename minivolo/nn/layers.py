@@ -132,7 +132,12 @@ class BatchNorm2d(Module):
         # eval mode without running statistics normalises with the batch's own
         use_batch = self.training or self.running_mean is None
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, use_batch,
-                            factor, self.eps)
+                            factor, self.eps, all_reduce=self._all_reduce())
+
+    def _all_reduce(self):
+        """The sum over processes for the batch statistics: None, this process's batch alone
+        (SyncBatchNorm's returns ``distributed.all_reduce`` while training)."""
+        return None
 
     def _state_defaults(self, state_dict: dict, prefix: str) -> None:
         """Checkpoints from before PyTorch 0.4.1 have no num_batches_tracked: keep our count, as torch."""
