@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "for fashion-mnist-subset)")
     add("--img-size", type=_positive(int), help="image size (default: the model's)")
     add("--epochs", type=_positive(int), help=f"epochs (default: {d.epochs})")
-    add("--batch-size", type=_positive(int), help=f"batch size (default: {d.batch_size})")
+    add("--batch-size", type=_positive(int), help=f"batch size per process (default: {d.batch_size})")
     add("--lr", type=_positive(float), help=f"peak AdamW learning rate (default: {d.lr})")
     add("--min-lr", type=_non_negative_float, help=f"learning rate at the end of the cosine (default: {d.min_lr})")
     add("--weight-decay", type=_non_negative_float, help=f"AdamW weight decay (default: {d.weight_decay})")

@@ -250,3 +250,19 @@ def test_batch_norm_with_all_reduce_equals_batch_norm_of_the_whole_batch():
             np.testing.assert_allclose(a, b, atol=1e-12)
     for i in (2, 3):  # each half's weight/bias gradients sum to the whole batch's
         np.testing.assert_allclose(results[0][i] + results[1][i], whole[i], atol=1e-12)
+
+
+# --- the training loop in one process with the data-parallel options ----------------------------------
+def test_one_process_train_with_sync_bn_in_float64_saves_its_world_size(tmp_path):
+    from minivolo.train import TrainConfig, load_checkpoint, predict, train
+    result = train(model="volo_nano", epochs=1, max_train=64, max_test=32, batch_size=32, sync_bn=True,
+                   dtype="float64", out=str(tmp_path), name="run", progress=False)
+    assert isinstance(result["model"].patch_embed.conv[1], nn.SyncBatchNorm)
+    assert next(iter(result["model"].parameters())).dtype == np.float64
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["world_size"] == 1 and ckpt["config"]["sync_bn"]
+    assert ckpt["model"]["head.weight"].dtype == np.float64
+    image = np.zeros((28, 28), np.uint8)
+    assert len(predict(tmp_path / "run", [image], topk=2)[0]) == 2
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        TrainConfig(dtype="float16").validate()

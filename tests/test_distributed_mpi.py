@@ -159,6 +159,8 @@ def _rank_pid(launcher: int, rank: int) -> int | None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks through /proc")
 def test_a_killed_process_stops_the_others_and_the_run_resumes(tmp_path):
     import time
+
+    from minivolo.checkpoint import load_checkpoint
     small = ["--max-train", "256", "--max-test", "128", "--batch-size", "32", "--epochs", "2"]
     args = TRAIN[:-6] + small
     run_ok(args + ["--out", tmp_path, "--name", "straight"], ranks=2, timeout=400)
@@ -168,12 +170,12 @@ def test_a_killed_process_stops_the_others_and_the_run_resumes(tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        last = tmp_path / "killed" / "last.npz"
+        written = tmp_path / "killed" / "metrics.csv"  # after last.npz, at the end of epoch 1
         deadline = time.monotonic() + 300
-        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        while not written.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         victim = _rank_pid(proc.pid, 1)
-        assert last.exists() and victim is not None, "the run did not reach the end of epoch 1"
+        assert written.exists() and victim is not None, "the run did not reach the end of epoch 1"
         os.kill(victim, signal.SIGKILL)  # epoch 2 has begun
         start = time.monotonic()
         out, err = proc.communicate(timeout=120)  # no hang: the launcher stops rank 0
@@ -183,7 +185,7 @@ def test_a_killed_process_stops_the_others_and_the_run_resumes(tmp_path):
             proc.communicate()
     assert proc.returncode != 0 and time.monotonic() - start < 120
     assert "BAD TERMINATION" in out + err or "killed" in (out + err).lower()
-    assert len(_metrics(tmp_path / "killed")) == 1  # the checkpoint of epoch 1 is intact
+    assert load_checkpoint(tmp_path / "killed")["epoch"] == 1  # intact (written atomically)
 
     wrong = run([*TRAIN[:2], "train", "--resume", tmp_path / "killed"], timeout=300)  # 1 process
     assert wrong.returncode == 2
