@@ -12,6 +12,7 @@ the CPU (NumPy) and on an NVIDIA GPU (CuPy). No other module imports cupy.
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -138,7 +139,7 @@ def nccl_available() -> bool:
     if _cupy is None:
         return False
     try:
-        from cupy.cuda import nccl  # noqa: F401
+        nccl = importlib.import_module(f"{_cupy.__name__}.cuda.nccl")
         return bool(getattr(nccl, "available", True))
     except Exception:  # pragma: no cover - depends on the machine
         return False

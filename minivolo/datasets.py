@@ -380,13 +380,13 @@ class Compose:
 
 # --- the loader ------------------------------------------------------------------------------------
 class _RankRows:
-    """A numpy Generator as seen by one rank of a data-parallel run: a per-sample draw of ``size``
-    (b, ...) is made for the global batch, (b * num_replicas, ...), exactly as one process draws it,
-    and this rank's rows ``rank::num_replicas`` are returned (the rows of its samples, see
-    ``DataLoader``). Draws without ``size`` are the same on every rank. So every rank consumes the
+    """A random generator (NumPy's or CuPy's) as seen by one rank of a data-parallel run: a per-sample
+    draw of ``size`` (b, ...) is made for the global batch, (b * num_replicas, ...), exactly as one
+    process draws it, and this rank's rows ``rank::num_replicas`` are returned (the rows of its samples,
+    see ``DataLoader``). Draws without ``size`` are the same on every rank. So every rank consumes the
     generator as one process would, and augments each sample as one process would."""
 
-    def __init__(self, rng: np.random.Generator, rank: int, num_replicas: int):
+    def __init__(self, rng, rank: int, num_replicas: int):
         self.rng, self.rank, self.num_replicas = rng, rank, num_replicas
 
     def __getattr__(self, name: str):

@@ -202,12 +202,11 @@ def init(backend: str = "auto", device: str | None = None) -> None:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if _group.size > 1 or _group.name != "none":
         return
-    device = device or _default_device()
     rank_, size = _env_rank_size()
     if backend == "auto":
         if not _launched_by_mpi() and size == 1:
             return
-        backend = "nccl" if device == "cuda" and _nccl_usable() else "mpi"
+        backend = "nccl" if (device or _default_device()) == "cuda" and _nccl_usable() else "mpi"
     if backend == "nccl":
         if not _nccl_usable():
             raise RuntimeError("backend 'nccl' needs CuPy with NCCL and a CUDA GPU; use backend='mpi' "

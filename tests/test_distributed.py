@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import minivolo
+from minivolo import backend
 from minivolo import distributed as dist
 from minivolo import nn
 from minivolo.datasets import ArrayDataset, Compose, DataLoader, Normalize, RandomCrop, RandomHorizontalFlip
@@ -17,6 +18,11 @@ from minivolo.models import create_model
 from minivolo.tensor import Tensor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tensor(a, requires_grad: bool = False) -> Tensor:
+    """A Tensor of host data on the default device (the GPU stand-in's in --fake-gpu mode)."""
+    return Tensor(backend.to_device(a, backend.default_device()), requires_grad=requires_grad)
 
 
 # --- collectives in a world of one ------------------------------------------------------------------
@@ -95,12 +101,12 @@ def test_buckets_split_where_the_dtype_changes():
 def test_ddp_in_one_process_runs_the_model_and_keeps_its_gradients():
     model = create_model("volo_nano").double()
     ddp = dist.DistributedDataParallel(model, bucket_cap_mb=0.01)
-    x = Tensor(np.random.default_rng(0).standard_normal((2, 3, 32, 32)))
+    x = _tensor(np.random.default_rng(0).standard_normal((2, 3, 32, 32)))
     ddp(x).sum().backward()
-    before = {n: p.grad.data.copy() for n, p in model.named_parameters()}
+    before = {n: p.grad.data for n, p in model.named_parameters()}
     ddp.reduce_gradients()
     for n, p in model.named_parameters():
-        np.testing.assert_array_equal(p.grad.data, before[n])
+        assert p.grad.data is before[n]
     assert "DistributedDataParallel(world_size=1" in repr(ddp)
 
 
@@ -111,19 +117,18 @@ def test_sync_batchnorm_in_one_process_is_batchnorm():
     out = {}
     for cls in (nn.BatchNorm2d, nn.SyncBatchNorm):
         bn = cls(3).double()
-        bn.weight.data[:] = [1.0, 2.0, 3.0]
-        xt = Tensor(x, requires_grad=True)
-        (bn(xt) * Tensor(np.arange(x.size).reshape(x.shape))).sum().backward()
-        out[cls] = [xt.grad.data, bn.weight.grad.data, bn.bias.grad.data, bn.running_mean.data,
-                    bn.running_var.data]
+        bn.weight.data[...] = bn.weight.xp.asarray([1.0, 2.0, 3.0])
+        xt = _tensor(x, requires_grad=True)
+        (bn(xt) * _tensor(np.arange(x.size).reshape(x.shape))).sum().backward()
+        out[cls] = [xt.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var]
     for a, b in zip(out[nn.BatchNorm2d], out[nn.SyncBatchNorm]):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_convert_sync_batchnorm_shares_the_state_and_keeps_the_order():
     model = create_model("volo_nano").double().eval()
-    x = Tensor(np.random.default_rng(2).standard_normal((2, 3, 32, 32)))
-    before = model(x).data
+    x = _tensor(np.random.default_rng(2).standard_normal((2, 3, 32, 32)))
+    before = model(x).numpy()
     bns = {n: m for n, m in model.named_modules() if type(m) is nn.BatchNorm2d}
     assert len(bns) == 3  # the stem's three
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -134,7 +139,7 @@ def test_convert_sync_batchnorm_shares_the_state_and_keeps_the_order():
         assert type(sync) is nn.SyncBatchNorm and not sync.training
         assert sync.weight is bn.weight and sync.bias is bn.bias and sync.running_mean is bn.running_mean
         assert (sync.eps, sync.momentum, sync.num_features) == (bn.eps, bn.momentum, bn.num_features)
-    np.testing.assert_array_equal(model(x).data, before)  # same layers, same order
+    np.testing.assert_array_equal(model(x).numpy(), before)  # same layers, same order
     assert list(model.state_dict()) == list(create_model("volo_nano").state_dict())
     single = nn.SyncBatchNorm.convert_sync_batchnorm(nn.BatchNorm2d(4, bias=False))
     assert type(single) is nn.SyncBatchNorm and single.bias is None

@@ -21,14 +21,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIST = os.path.join(ROOT, "tests", "dist")
 
 
+# on the CPU in every mode (tests/dist/staging.py switches to the GPU stand-in itself)
+ENV = {**os.environ, "PYTHONPATH": ROOT, "MINIVOLO_DEVICE": "cpu", "OPENBLAS_NUM_THREADS": "1",
+       "OMP_NUM_THREADS": "1"}
+
+
 def run(args: list, ranks: int | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     """``python ARGS`` (or ``mpiexec -n RANKS python ARGS``) from the repository root; fails the test
     with the output on a non-zero exit, and kills the whole process group after ``timeout`` seconds."""
-    env = {**os.environ, "PYTHONPATH": ROOT, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, *map(str, args)]
     if ranks is not None:
         cmd = [MPIEXEC, "-n", str(ranks)] + cmd
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -45,9 +49,21 @@ def run_ok(args: list, ranks: int | None = None, timeout: float = 240) -> subpro
     return result
 
 
+def _rank_lines(result) -> list:
+    return sorted(line.strip() for line in result.stdout.splitlines() if line.startswith("rank "))
+
+
 def test_collectives_on_two_ranks():
     out = run_ok([os.path.join(DIST, "collectives.py")], ranks=2)
-    assert sorted(out.stdout.split("\n")[:2]) == ["rank 0/2 ok", "rank 1/2 ok"]
+    assert _rank_lines(out) == ["rank 0/2 ok", "rank 1/2 ok"]
+
+
+def test_device_arrays_go_through_host_copies_on_fakecupy():
+    """The MPI path with CuPy arrays (no NCCL), on the strict stand-in: see tests/dist/staging.py."""
+    if not os.path.isfile(os.path.join(ROOT, "tests", "fakecupy", "__init__.py")):
+        pytest.skip("needs tests/fakecupy, the strict CuPy stand-in (issue 13)")
+    out = run_ok([os.path.join(DIST, "staging.py")], ranks=2)
+    assert _rank_lines(out) == ["rank 0/2 staging ok", "rank 1/2 staging ok"]
 
 
 def test_an_exception_on_one_rank_stops_every_rank():
@@ -165,9 +181,8 @@ def test_a_killed_process_stops_the_others_and_the_run_resumes(tmp_path):
     args = TRAIN[:-6] + small
     run_ok(args + ["--out", tmp_path, "--name", "straight"], ranks=2, timeout=400)
 
-    env = {**os.environ, "PYTHONPATH": ROOT, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     cmd = [MPIEXEC, "-n", "2", sys.executable] + args + ["--out", str(tmp_path), "--name", "killed"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         written = tmp_path / "killed" / "metrics.csv"  # after last.npz, at the end of epoch 1
