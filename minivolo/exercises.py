@@ -241,6 +241,8 @@ def _call(fn, args: tuple, who: str, part: str):
     """``fn(*args)``; an exception becomes a _Stop verdict (``who`` is "student" or "reference")."""
     try:
         return fn(*args)
+    except _Stop:
+        raise
     except Exception as exc:  # noqa: BLE001  (any exception of the student's code becomes the verdict)
         if who == "reference":
             raise _Stop("error", f"the reference raised {_raised(exc)} in its {part} "
@@ -249,6 +251,41 @@ def _call(fn, args: tuple, who: str, part: str):
             raise _Stop("not implemented", f"not implemented yet (its {part} raises NotImplementedError). "
                                            "Fill it in, then run this cell again.") from None
         raise _Stop("error", f"your {part} raised {_raised(exc)}") from None
+
+
+def _guard_backward(out: Tensor, names: dict) -> None:
+    """Wrap the backward closure of the student's output so that a malformed return value (a bare
+    array instead of a tuple, Tensors instead of arrays, a shape that cannot be reduced to the
+    parent's) is reported as such, instead of as a puzzling error deep inside Tensor.backward."""
+    closure, parents = getattr(out, "_backward", None), getattr(out, "_parents", ())
+    if closure is None or not parents:
+        return
+
+    def guarded(g):
+        grads = closure(g)
+        n = len(parents)
+        if not isinstance(grads, (tuple, list)):
+            raise _Stop("wrong", f"your backward returned {type(grads).__name__}; it must return a tuple with "
+                                 f"one gradient array (or None) per parent, here {n}: `return (gx,)`")
+        if len(grads) != n:
+            raise _Stop("wrong", f"your backward returned {len(grads)} gradients for {n} "
+                                 f"parent{'s' if n != 1 else ''}: one per parent, in their order")
+        for k, (p, pg) in enumerate(zip(parents, grads)):
+            who = names.get(id(p), f"parent {k}")
+            if pg is None:
+                continue
+            if isinstance(pg, Tensor) or not backend.is_array(pg):
+                raise _Stop("wrong", f"your backward returned {type(pg).__name__} as the gradient of {who}; "
+                                     "backward works on arrays (a Tensor's array is its .data)")
+            try:
+                reducible = np.broadcast_shapes(pg.shape, p.shape) == pg.shape
+            except ValueError:
+                reducible = False
+            if not reducible:
+                raise _Stop("wrong", f"your backward returned a gradient of shape {pg.shape} for {who}, "
+                                     f"expected {p.shape}")
+        return grads
+    out._backward = guarded
 
 
 def _backward(outs: list, weights: list, who: str) -> None:
@@ -290,6 +327,9 @@ def _trial(student_fn, reference_fn, args: tuple, names: list[str], rng, grad: b
             return (f"{what} carries no gradient (requires_grad is False): build it with "
                     "Tensor.from_op(data, parents, backward) or from Tensor operations, not from raw arrays")
     _backward(expected, weights, "reference")
+    arg_names = {id(a): name for name, a in zip(names, my_args) if isinstance(a, Tensor)}
+    for y in yours:
+        _guard_backward(y, arg_names)
     _backward(yours, weights, "student")
     for name, r, m in zip(names, ref_args, my_args):
         if not (isinstance(r, Tensor) and r.requires_grad):

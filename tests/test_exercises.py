@@ -155,6 +155,25 @@ def test_a_backward_off_by_a_factor_gets_a_hint():
     assert result.status == "wrong" and "yours is 2 times the expected everywhere" in result.message
 
 
+def _sigmoid_with_backward(backward):
+    def student(x):
+        s = 1 / (1 + np.exp(-x.data))
+        return Tensor.from_op(s, (x,), lambda g: backward(g, s), "sigmoid")
+    return student
+
+
+@pytest.mark.parametrize("backward, words", [
+    (lambda g, s: g * s * (1 - s), "returned ndarray; it must return a tuple with one gradient"),
+    (lambda g, s: (Tensor(g * s * (1 - s)),), "returned Tensor as the gradient of argument x"),
+    (lambda g, s: (g * s * (1 - s), g), "returned 2 gradients for 1 parent"),
+    (lambda g, s: (g[0],), "a gradient of shape (4,) for argument x, expected (3, 4)"),
+    (lambda g, s: (g.sum(axis=1),), "a gradient of shape (3,) for argument x, expected (3, 4)"),
+])
+def test_a_malformed_backward_is_named(backward, words):
+    result = check(_sigmoid_with_backward(backward), reference_sigmoid, (3, 4), verbose=False)
+    assert result.status == "wrong" and words in result.message, result.message
+
+
 def test_a_wrong_shape_and_a_wrong_dtype_are_caught():
     result = check(sigmoid_transposed, reference_sigmoid, (3, 4), verbose=False)
     assert result.status == "wrong" and "the output has shape (4, 3), expected (3, 4)" in result.message
