@@ -187,7 +187,7 @@ def _compare(yours, expected, what: str, atol: float | None, rtol: float | None)
             return f"{what} is {yours!r} ({type(yours).__name__}), expected a number: {expected!r}"
         y, e = np.asarray(yours), np.asarray(expected)
         exact = e.dtype.kind in "biu" and y.dtype.kind in "biu"
-        a, r = (0.0, 0.0) if exact else (1e-9, 1e-7)
+        a, r = (0.0, 0.0) if exact else (1e-8, 1e-5)  # a number worked out in float32 passes
         return _differs(y, e, what, a if atol is None else atol, r if rtol is None else rtol)
     if yours != expected:
         return f"{what} is {yours!r}, expected {expected!r}"
@@ -274,7 +274,7 @@ def _guard_backward(out: Tensor, names: dict) -> None:
             who = names.get(id(p), f"parent {k}")
             if pg is None:
                 continue
-            if isinstance(pg, Tensor) or not backend.is_array(pg):
+            if isinstance(pg, Tensor) or not (backend.is_array(pg) or isinstance(pg, np.generic)):
                 raise _Stop("wrong", f"your backward returned {type(pg).__name__} as the gradient of {who}; "
                                      "backward works on arrays (a Tensor's array is its .data)")
             try:
@@ -335,11 +335,12 @@ def _trial(student_fn, reference_fn, args: tuple, names: list[str], rng, grad: b
         if not (isinstance(r, Tensor) and r.requires_grad):
             continue
         what = f"the gradient with respect to {name}"
-        if r.grad is None:
+        if r.grad is None and m.grad is None:  # the output does not depend on it
             continue
         if m.grad is None:
             return f"no gradient reached {name}: your backward returned None for it"
-        problem = _compare(m.grad, r.grad, what, atol, rtol)
+        expected_grad = r.grad if r.grad is not None else Tensor(m.grad.xp.zeros_like(m.grad.data))
+        problem = _compare(m.grad, expected_grad, what, atol, rtol)
         if problem:
             return problem
     return None

@@ -250,6 +250,17 @@ def test_explicit_inputs_integer_targets_and_partial():
     assert check(functools.partial(scaled, factor=3.0), lambda x: x + x + x, (2, 3), verbose=False).passed
 
 
+def test_an_op_on_a_single_number_passes():
+    assert check(sigmoid, reference_sigmoid, (), verbose=False).passed  # numpy returns scalars here
+
+
+def test_a_gradient_where_none_is_expected_is_caught():
+    def mul(x, y):  # y's gradient for an op that ignores y
+        return Tensor.from_op(x.data * 2, (x, y), lambda g: (2 * g, g), "mul")
+    result = check(mul, lambda x, y: x * 2, (3,), (3,), verbose=False)
+    assert result.status == "wrong" and "the gradient with respect to argument y" in result.message
+
+
 def test_a_gradient_that_does_not_reach_an_input_is_caught():
     def mul(x, y):
         return Tensor.from_op(x.data * y.data, (x, y), lambda g: (g * y.data, None), "mul")
@@ -302,6 +313,8 @@ def test_in_a_real_ipython_shell_the_verdict_appears_once():
     (np.int64(1234), 1234, "passed", "passed"),
     (1235, 1234, "wrong", "your value is 1235, expected 1234"),
     (1234.0000001, 1234, "passed", "passed"),  # a count computed in floats
+    (float(np.float32(np.log(10))), float(np.log(10)), "passed", "passed"),  # worked out in float32
+    (2.3, float(np.log(10)), "wrong", "your value is 2.3, expected 2.30259"),
     (0.1 + 0.2, 0.3, "passed", "passed"),
     (None, 1234, "not implemented", "not answered yet"),
     (..., 1234, "not implemented", "not answered yet"),
