@@ -15,8 +15,10 @@ not repeat it), and ``repr(result)`` is the verdict.
     >>> def sigmoid(x):  # the student's op: forward and backward side by side
     ...     s = 1 / (1 + np.exp(-x.data))
     ...     return Tensor.from_op(s, (x,), lambda g: (g * s * (1 - s),), "sigmoid")
-    >>> check(sigmoid, lambda x: 1 / (1 + (-x).exp()), (3, 4))
-    sigmoid: passed: values and gradients match the reference on 3 random inputs, and gradcheck agrees.
+    >>> result = check(sigmoid, lambda x: 1 / (1 + (-x).exp()), (3, 4))
+    ✓ sigmoid: passed: values and gradients match the reference on 3 random inputs, and gradcheck agrees.
+    >>> result.passed, result.status
+    (True, 'passed')
 """
 from __future__ import annotations
 
@@ -360,6 +362,22 @@ def _float64(arg):
     return _copy(arg)
 
 
+def _finite_differences(student_fn, args: tuple) -> None:
+    """gradcheck of the student's function on float64 ``args``; a failure raises _Stop with the verdict."""
+    for k, out in enumerate(_outputs(_call(student_fn, tuple(map(_copy, args)), "student", "forward"))):
+        if isinstance(out, Tensor) and out.dtype.kind == "f" and out.dtype != np.float64:
+            raise _Stop("wrong", f"on float64 inputs your function returns {out.dtype}: keep the input's dtype "
+                                 "(gradcheck needs float64)")
+    try:
+        gradcheck(student_fn, *args)
+    except GradcheckError as exc:
+        raise _Stop("wrong", "your gradient disagrees with finite differences (gradcheck): "
+                             f"{str(exc).replace('gradcheck failed:', '').strip()}") from None
+    except Exception as exc:  # noqa: BLE001
+        kind = "not implemented" if isinstance(exc, NotImplementedError) else "error"
+        raise _Stop(kind, f"gradcheck (in float64) ran into {_raised(exc)}") from None
+
+
 def check(student_fn: Callable, reference_fn: Callable, *shapes, dtype=np.float64, trials: int = 3,
           atol: float | None = None, rtol: float | None = None, seed: int = 0, grad: bool = True,
           inputs=None, verbose: bool = True) -> CheckResult:
@@ -393,14 +411,7 @@ def check(student_fn: Callable, reference_fn: Callable, *shapes, dtype=np.float6
         text = f"passed: values {'and gradients ' if grad else ''}match the reference on {trials} random inputs"
         if grad and args is not None and any(isinstance(a, Tensor) and a.requires_grad for a in args):
             args = tuple(map(_float64, args))
-            try:
-                gradcheck(student_fn, *args)
-            except GradcheckError as exc:
-                return _verdict(name, "wrong", "your gradient disagrees with finite differences (gradcheck): "
-                                f"{str(exc).replace('gradcheck failed:', '').strip()}", args, verbose)
-            except Exception as exc:  # noqa: BLE001
-                kind = "not implemented" if isinstance(exc, NotImplementedError) else "error"
-                return _verdict(name, kind, f"gradcheck (in float64) ran into {_raised(exc)}", args, verbose)
+            _finite_differences(student_fn, args)
             text += ", and gradcheck agrees"
         return _verdict(name, "passed", text + ".", None, verbose)
     except _Stop as stop:

@@ -121,8 +121,9 @@ def draw_graph(tensor: Tensor, ax=None, names: dict | None = None, max_nodes: in
     """Draw the autograd graph of ``tensor`` (see ``graph_layout``): tensors as boxes (blue: inputs that
     require grad, grey: constants, green: the output), ops as circles, arrows from parent to child.
 
-    ax: a matplotlib Axes to draw into; None makes a new Figure outside pyplot (shown in a notebook
-    when it is the cell's value, never by accident). Returns that Figure, or ``ax`` when one is given.
+    ax: a matplotlib Axes to draw into; None makes a new Figure outside pyplot, shown in a notebook
+    (with ``%matplotlib inline``) when it is the cell's value, never by accident. Returns that Figure,
+    or ``ax`` when one is given.
     Draw before ``backward()``, which frees the graph (or use ``backward(retain_graph=True)``).
     """
     from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch  # on first use: slow to import

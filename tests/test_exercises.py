@@ -179,6 +179,8 @@ def test_a_wrong_shape_and_a_wrong_dtype_are_caught():
     assert result.status == "wrong" and "the output has shape (4, 3), expected (3, 4)" in result.message
     result = check(sigmoid_float32, reference_sigmoid, (3, 4), verbose=False)
     assert result.status == "wrong" and "the output has dtype float32, expected float64" in result.message
+    result = check(sigmoid_float32, reference_sigmoid, (3, 4), dtype=np.float32, verbose=False)
+    assert result.status == "wrong" and "on float64 inputs your function returns float32" in result.message
 
 
 def test_an_output_without_a_graph_and_an_input_changed_in_place_are_caught():
