@@ -204,10 +204,10 @@ def _outputs(result) -> list:
 
 
 def _copy(arg):
-    """A private copy of a Tensor argument (its own data and .grad); other arguments as they are."""
+    """A private copy of a Tensor (its own data and .grad) or an array argument; others as they are."""
     if isinstance(arg, Tensor):
         return Tensor(arg.data.copy(), requires_grad=arg.requires_grad)
-    return arg
+    return arg.copy() if backend.is_array(arg) else arg
 
 
 def _arg_names(fn, n: int) -> list[str]:
@@ -304,11 +304,11 @@ def _trial(student_fn, reference_fn, args: tuple, names: list[str], rng, grad: b
            atol: float | None, rtol: float | None) -> str | None:
     """One comparison on ``args``; None when the student's function agrees with the reference."""
     ref_args, my_args = tuple(map(_copy, args)), tuple(map(_copy, args))
-    before = [a.data.copy() if isinstance(a, Tensor) else None for a in my_args]
+    before = [_as_host(a).copy() if isinstance(a, Tensor) or backend.is_array(a) else None for a in my_args]
     expected = _outputs(_call(reference_fn, ref_args, "reference", "forward"))
     yours = _outputs(_call(student_fn, my_args, "student", "forward"))
     for name, a, b in zip(names, my_args, before):
-        if b is not None and not np.array_equal(backend.to_numpy(a.data), backend.to_numpy(b), equal_nan=True):
+        if b is not None and not np.array_equal(_as_host(a), b, equal_nan=True):
             return f"your function changed its input {name} in place; compute a new array instead"
     if len(yours) != len(expected):
         return f"it returned {len(yours)} outputs, expected {len(expected)}"
@@ -348,9 +348,10 @@ def _trial(student_fn, reference_fn, args: tuple, names: list[str], rng, grad: b
     return None
 
 
-def _random_args(shapes: Sequence, inputs, rng, dtype, grad: bool) -> tuple:
-    args = [Tensor(rng.standard_normal(tuple(s) if isinstance(s, (tuple, list)) else (s,)).astype(dtype),
-                   requires_grad=grad) for s in shapes]
+def _random_args(shapes: Sequence, inputs, rng, dtype, grad: bool, tensors: bool) -> tuple:
+    draws = [rng.standard_normal(tuple(s) if isinstance(s, (tuple, list)) else (s,)).astype(dtype)
+             for s in shapes]
+    args = [Tensor(a, requires_grad=grad) for a in draws] if tensors else draws
     if inputs is not None:
         args.extend(inputs(rng) if callable(inputs) else inputs)
     return tuple(args)
@@ -380,7 +381,7 @@ def _finite_differences(student_fn, args: tuple) -> None:
 
 def check(student_fn: Callable, reference_fn: Callable, *shapes, dtype=np.float64, trials: int = 3,
           atol: float | None = None, rtol: float | None = None, seed: int = 0, grad: bool = True,
-          inputs=None, verbose: bool = True) -> CheckResult:
+          inputs=None, tensors: bool = True, verbose: bool = True) -> CheckResult:
     """Grade ``student_fn`` against ``reference_fn`` on ``trials`` random inputs; never raises.
 
     shapes: one shape per random argument, a standard-normal Tensor of ``dtype`` (requiring grad when
@@ -389,6 +390,9 @@ def check(student_fn: Callable, reference_fn: Callable, *shapes, dtype=np.float6
         ``requires_grad=True`` gets its gradient checked) or a callable ``inputs(rng) -> tuple`` that
         draws them (integer targets, positive numbers...). Fixed options (a kernel size) are best
         bound with ``functools.partial`` on both functions.
+    tensors: False makes the random arguments NumPy arrays, for exercises on raw arrays (col2im,
+        as_strided); array outputs are compared like Tensors, and there is no gradient to check.
+    verbose: print the verdict (the default); the returned result holds it either way.
     Each trial compares the outputs (kind, count, shape, dtype, values within ``atol + rtol*|expected|``,
     defaults by dtype), then, when ``grad``, the gradient of ``sum_k <out_k, w_k>`` (the same random
     weights ``w_k`` for both) with respect to every input that requires grad. Last, ``gradcheck`` checks
@@ -402,14 +406,15 @@ def check(student_fn: Callable, reference_fn: Callable, *shapes, dtype=np.float6
     try:
         rng = np.random.default_rng(seed)
         for t in range(trials):
-            args = _random_args(shapes, inputs, rng, dtype, grad)
+            args = _random_args(shapes, inputs, rng, dtype, grad, tensors)
             names = _arg_names(student_fn, len(args))
             problem = _trial(student_fn, reference_fn, args, names, rng, grad, atol, rtol)
             if problem:
                 return _verdict(name, "wrong", f"wrong on trial {t + 1} of {trials} ({_describe(args, names)}):"
                                                f"\n    {problem}", args, verbose)
-        text = f"passed: values {'and gradients ' if grad else ''}match the reference on {trials} random inputs"
-        if grad and args is not None and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        graded = grad and args is not None and any(isinstance(a, Tensor) and a.requires_grad for a in args)
+        text = f"passed: values {'and gradients ' if graded else ''}match the reference on {trials} random inputs"
+        if graded:
             args = tuple(map(_float64, args))
             _finite_differences(student_fn, args)
             text += ", and gradcheck agrees"

@@ -263,6 +263,55 @@ def test_a_gradient_where_none_is_expected_is_caught():
     assert result.status == "wrong" and "the gradient with respect to argument y" in result.message
 
 
+def col2im_loop(cols, k):
+    """(N, C*k*k, L) columns of a stride-1, unpadded k x k unfold -> (N, C, H, W) sums,
+    H = W = sqrt(L) + k - 1: a loop over the k*k kernel offsets, each a slice-add (notebook 02's exercise)."""
+    n, ckk, length = cols.shape
+    c, side = ckk // (k * k), int(round(length ** 0.5))
+    out = np.zeros((n, c, side + k - 1, side + k - 1), cols.dtype)
+    cols = cols.reshape(n, c, k, k, side, side)
+    for i in range(k):
+        for j in range(k):
+            out[:, :, i:i + side, j:j + side] += cols[:, :, i, j]
+    return out
+
+
+def col2im_by_pixels(cols, k):
+    """The same sums, pixel by pixel: the slow reference."""
+    n, ckk, length = cols.shape
+    c, side = ckk // (k * k), int(round(length ** 0.5))
+    out = np.zeros((n, c, side + k - 1, side + k - 1), cols.dtype)
+    cols = cols.reshape(n, c, k, k, side, side)
+    for y in range(side):
+        for x in range(side):
+            out[:, :, y:y + k, x:x + k] += cols[:, :, :, :, y, x]
+    return out
+
+
+def test_an_exercise_on_raw_arrays():
+    ref = functools.partial(col2im_by_pixels, k=3)
+    result = check(functools.partial(col2im_loop, k=3), ref, (2, 2 * 9, 16), tensors=False, verbose=False)
+    assert result.passed and "values match the reference on 3 random inputs." in result.message
+
+    def col2im_overwrites(cols, k):  # = instead of +=: overlapping windows lose their sums
+        n, ckk, length = cols.shape
+        c, side = ckk // (k * k), int(round(length ** 0.5))
+        out = np.zeros((n, c, side + k - 1, side + k - 1), cols.dtype)
+        for i in range(k):
+            for j in range(k):
+                out[:, :, i:i + side, j:j + side] = cols.reshape(n, c, k, k, side, side)[:, :, i, j]
+        return out
+    result = check(functools.partial(col2im_overwrites, k=3), ref, (2, 18, 16), tensors=False, verbose=False)
+    assert result.status == "wrong" and "argument cols: array (2, 18, 16) float64" in result.message
+    assert isinstance(result.inputs[0], np.ndarray)
+
+    def in_place(cols, k):
+        cols *= 1.0 + 1e-3
+        return col2im_loop(cols, k)
+    result = check(functools.partial(in_place, k=3), ref, (1, 9, 4), tensors=False, verbose=False)
+    assert result.status == "wrong" and "changed its input argument cols in place" in result.message
+
+
 def test_a_gradient_that_does_not_reach_an_input_is_caught():
     def mul(x, y):
         return Tensor.from_op(x.data * y.data, (x, y), lambda g: (g * y.data, None), "mul")
