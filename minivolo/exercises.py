@@ -116,8 +116,15 @@ def _index(idx) -> str:
     return "(" + ", ".join(str(int(i)) for i in idx) + ("," if len(idx) == 1 else "") + ")"
 
 
-def _fmt(v) -> str:
-    return f"{v:.6g}" if isinstance(v, (float, np.floating)) else repr(v.item() if hasattr(v, "item") else v)
+def _fmt_pair(y, e) -> tuple[str, str]:
+    """Both values as text, with enough digits to tell them apart (6 significant ones, more if needed)."""
+    if not isinstance(y, (float, np.floating)) and not isinstance(e, (float, np.floating)):
+        return repr(getattr(y, "item", lambda: y)()), repr(getattr(e, "item", lambda: e)())
+    for digits in (6, 9, 12, 17):
+        ys, es = f"{float(y):.{digits}g}", f"{float(e):.{digits}g}"
+        if ys != es:
+            break
+    return ys, es
 
 
 def _differs(yours: np.ndarray, expected: np.ndarray, what: str, atol: float, rtol: float) -> str | None:
@@ -125,7 +132,7 @@ def _differs(yours: np.ndarray, expected: np.ndarray, what: str, atol: float, rt
     otherwise how many entries differ and the first one, with both values."""
     if yours.shape != expected.shape:
         return f"{what} has shape {yours.shape}, expected {expected.shape}"
-    if expected.dtype.kind in "fc" or yours.dtype.kind in "fc":
+    if expected.dtype.kind == "f" or yours.dtype.kind == "f":
         with np.errstate(invalid="ignore", over="ignore"):
             ok = np.isclose(yours.astype(np.float64, copy=False), expected.astype(np.float64, copy=False),
                             atol=atol, rtol=rtol, equal_nan=True)
@@ -135,10 +142,11 @@ def _differs(yours: np.ndarray, expected: np.ndarray, what: str, atol: float, rt
         return None
     bad = np.argwhere(~ok)
     first = tuple(bad[0])
-    y, e = yours[first], expected[first]
-    where = f"the first at index {_index(first)}" if expected.ndim else "it"
-    text = (f"{what}: {len(bad)} of {expected.size} entries differ; {where}: yours {_fmt(y)}, expected {_fmt(e)}"
-            if expected.ndim else f"{what} is {_fmt(y)}, expected {_fmt(e)}")
+    y, e = _fmt_pair(yours[first], expected[first])
+    if not expected.ndim:
+        return f"{what} is {y}, expected {e}"
+    text = (f"{what}: {len(bad)} of {expected.size} entries differ; the first at index {_index(first)}: "
+            f"yours {y}, expected {e}")
     ratio = _constant_ratio(yours, expected)
     if ratio is not None:
         text += f" (yours is {ratio:.4g} times the expected everywhere)"

@@ -387,6 +387,12 @@ def test_check_value(answer, expected, status, words):
     assert result.message.split(": ")[0].endswith("n_params")
 
 
+def test_values_that_differ_late_are_shown_with_enough_digits():
+    result = check_value(0.1234567, 0.1234568, atol=0, rtol=1e-9, verbose=False)
+    assert "your value is 0.1234567, expected 0.1234568" in result.message
+    assert check_value(0.1234567, 0.1234568, rtol=1e-5, verbose=False).passed
+
+
 def test_check_value_calls_a_stub_function():
     def block_params():
         raise NotImplementedError
