@@ -87,6 +87,10 @@ def _verdict(name: str, status: str, text: str, inputs: tuple | None = None, ver
     return result
 
 
+def _not_yet(what: str) -> str:
+    return f"not implemented yet ({what} raises NotImplementedError). Fill it in, then run this cell again."
+
+
 # --- where did it go wrong? -----------------------------------------------------------------------
 _LIBRARY_DIRS = tuple(os.path.realpath(p) + os.sep for p in {
     os.path.dirname(os.path.abspath(__file__)),
@@ -227,16 +231,18 @@ def _arg_names(fn, n: int) -> list[str]:
     return [f"argument {params[i]}" if i < len(params) else f"argument {i}" for i in range(n)]
 
 
+def _short(a) -> str:
+    """An argument in a few words: its kind, shape and dtype for a Tensor or an array, else its repr."""
+    if isinstance(a, Tensor):
+        return f"Tensor {a.shape} {a.dtype}"
+    if backend.is_array(a):
+        return f"array {a.shape} {a.dtype}"
+    text = repr(a)
+    return text if len(text) <= 50 else text[:47] + "..."
+
+
 def _describe(args: Sequence, names: list[str]) -> str:
-    parts = []
-    for name, a in zip(names, args):
-        if isinstance(a, Tensor):
-            parts.append(f"{name}: Tensor {a.shape} {a.dtype}")
-        elif backend.is_array(a):
-            parts.append(f"{name}: array {a.shape} {a.dtype}")
-        else:
-            parts.append(f"{name}: {a!r}"[:60])
-    return "; ".join(parts)
+    return "; ".join(f"{name}: {_short(a)}" for name, a in zip(names, args))
 
 
 class _Stop(Exception):
@@ -258,8 +264,7 @@ def _call(fn, args: tuple, who: str, part: str):
             raise _Stop("error", f"the reference raised {_raised(exc)} in its {part} "
                                  "(a bug in the exercise, not in your code)") from None
         if isinstance(exc, NotImplementedError):
-            raise _Stop("not implemented", f"not implemented yet (its {part} raises NotImplementedError). "
-                                           "Fill it in, then run this cell again.") from None
+            raise _Stop("not implemented", _not_yet(f"its {part}")) from None
         raise _Stop("error", f"your {part} raised {_raised(exc)}") from None
 
 
@@ -303,7 +308,7 @@ def _backward(outs: list, weights: list, who: str) -> None:
     total = None
     for o, w in zip(outs, weights):
         if w is not None:
-            term = (o * Tensor(w.astype(o.dtype))).sum()
+            term = (o * Tensor(w.astype(o.dtype), device=o.device)).sum()
             total = term if total is None else total + term
     _call(total.backward, (), who, "backward")
 
@@ -373,7 +378,7 @@ def _float64(arg):
 
 def _finite_differences(student_fn, args: tuple) -> None:
     """gradcheck of the student's function on float64 ``args``; a failure raises _Stop with the verdict."""
-    for k, out in enumerate(_outputs(_call(student_fn, tuple(map(_copy, args)), "student", "forward"))):
+    for out in _outputs(_call(student_fn, tuple(map(_copy, args)), "student", "forward")):
         if isinstance(out, Tensor) and out.dtype.kind == "f" and out.dtype != np.float64:
             raise _Stop("wrong", f"on float64 inputs your function returns {out.dtype}: keep the input's dtype "
                                  "(gradcheck needs float64)")
@@ -446,8 +451,7 @@ def check_value(student_value, expected, name: str = "answer", atol: float | Non
             try:
                 student_value = student_value()
             except NotImplementedError:
-                return _verdict(name, "not implemented", "not implemented yet (it raises NotImplementedError). "
-                                "Fill it in, then run this cell again.", (), verbose)
+                return _verdict(name, "not implemented", _not_yet("it"), (), verbose)
             except Exception as exc:  # noqa: BLE001
                 return _verdict(name, "error", f"it raised {_raised(exc)}", (), verbose)
         if student_value is None or student_value is Ellipsis:
@@ -472,12 +476,11 @@ def check_function(student_fn: Callable, cases: Sequence, atol: float | None = N
         cases = list(cases)
         for i, (args, expected) in enumerate(cases):
             args = args if isinstance(args, tuple) else (args,)
-            call = f"{name}({', '.join(repr(a) for a in args)})"
+            call = f"{name}({', '.join(_short(a) for a in args)})"
             try:
                 yours = student_fn(*args)
             except NotImplementedError:
-                return _verdict(name, "not implemented", "not implemented yet (it raises NotImplementedError). "
-                                "Fill it in, then run this cell again.", args, verbose)
+                return _verdict(name, "not implemented", _not_yet("it"), args, verbose)
             except Exception as exc:  # noqa: BLE001
                 return _verdict(name, "error", f"case {i + 1} of {len(cases)}: {call} raised {_raised(exc)}",
                                 args, verbose)

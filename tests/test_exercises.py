@@ -437,6 +437,8 @@ def test_check_function():
     assert result.status == "error" and "case 2 of 2: divides(0) raised ZeroDivisionError" in result.message
     assert check_function(divides, [(3, 1 / 3)], verbose=False).passed  # a bare argument, not a tuple
     assert check_function(divides, "not cases", verbose=False).status == "error"
+    result = check_function(np.sum, [((np.arange(3.0),), 4.0)], verbose=False)
+    assert "case 1 of 1: sum(array (3,) float64) is 3, expected 4" in result.message
 
 
 def test_statuses_are_the_documented_ones():
