@@ -138,15 +138,16 @@ def draw_graph(tensor: Tensor, ax=None, names: dict | None = None, max_nodes: in
         from matplotlib.figure import Figure
         fig = Figure(figsize=(max(3.5, 0.85 * width), max(1.5, 0.85 * height)))
         ax = fig.subplots()
+        fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.99)
     patches = []
     for n, x, y in zip(layout.nodes, xs, ys):
         if n.kind == "op":
             patch = Circle((x, y), _OP_R, facecolor="#fff2cc", edgecolor="black", lw=1, gid="op")
-            ax.text(x, y, n.label, ha="center", va="center", fontsize=8 if len(n.label) <= 5 else 6.5, zorder=4)
+            ax.text(x, y, n.label, ha="center", va="center", fontsize=9 if len(n.label) <= 5 else 7, zorder=4)
         else:
             patch = FancyBboxPatch((x - _BOX_W / 2, y - _BOX_H / 2), _BOX_W, _BOX_H, boxstyle="round,pad=0.02",
                                    facecolor=_COLOURS[n.role], edgecolor="black", lw=1, gid="tensor")
-            ax.text(x, y, n.label, ha="center", va="center", fontsize=7, family="monospace", zorder=4)
+            ax.text(x, y, n.label, ha="center", va="center", fontsize=8, family="monospace", zorder=4)
         patch.set_zorder(3)
         ax.add_patch(patch)
         patches.append(patch)
