@@ -394,7 +394,8 @@ def _finite_differences(student_fn, args: tuple) -> None:
 
 def check(student_fn: Callable, reference_fn: Callable, *shapes, dtype=np.float64, trials: int = 3,
           atol: float | None = None, rtol: float | None = None, seed: int = 0, grad: bool = True,
-          inputs=None, tensors: bool = True, verbose: bool = True) -> CheckResult:
+          inputs=None, tensors: bool = True, finite_differences: bool = True, verbose: bool = True
+          ) -> CheckResult:
     """Grade ``student_fn`` against ``reference_fn`` on ``trials`` random inputs; never raises.
 
     shapes: one shape per random argument, a standard-normal Tensor of ``dtype`` (requiring grad when
@@ -405,6 +406,8 @@ def check(student_fn: Callable, reference_fn: Callable, *shapes, dtype=np.float6
         bound with ``functools.partial`` on both functions.
     tensors: False makes the random arguments NumPy arrays, for exercises on raw arrays (col2im,
         as_strided); array outputs are compared like Tensors, and there is no gradient to check.
+    finite_differences: False skips the gradcheck step, which evaluates the function twice per input
+        entry (for a whole layer on larger inputs; the gradients are still compared with the reference's).
     verbose: print the verdict (the default); the returned result holds it either way.
     Each trial compares the outputs (kind, count, shape, dtype, values within ``atol + rtol*|expected|``,
     defaults by dtype), then, when ``grad``, the gradient of ``sum_k <out_k, w_k>`` (the same random
@@ -427,7 +430,7 @@ def check(student_fn: Callable, reference_fn: Callable, *shapes, dtype=np.float6
                                                f"\n    {problem}", args, verbose)
         graded = grad and args is not None and any(isinstance(a, Tensor) and a.requires_grad for a in args)
         text = f"passed: values {'and gradients ' if graded else ''}match the reference on {trials} random inputs"
-        if graded:
+        if graded and finite_differences:
             args = tuple(map(_float64, args))
             _finite_differences(student_fn, args)
             text += ", and gradcheck agrees"

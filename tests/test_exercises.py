@@ -224,6 +224,10 @@ def test_gradcheck_catches_a_gradient_wrong_in_the_reference_too():
     result = check(sigmoid_wrong_backward, sigmoid_wrong_backward, (3, 4), verbose=False)
     assert result.status == "wrong" and "disagrees with finite differences (gradcheck)" in result.message
     assert check(sigmoid_wrong_backward, sigmoid_wrong_backward, (3, 4), grad=False, verbose=False).passed
+    skipped = check(sigmoid_wrong_backward, sigmoid_wrong_backward, (3, 4), finite_differences=False,
+                    verbose=False)
+    assert skipped.passed and "values and gradients match" in skipped.message
+    assert "gradcheck" not in skipped.message
 
 
 def pick(x, target):
