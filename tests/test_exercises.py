@@ -6,8 +6,10 @@ never raise.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import io
 import math
 
 import numpy as np
@@ -345,13 +347,16 @@ def test_the_verdict_shows_once_per_ipython_cell(capsys, monkeypatch):
     assert capsys.readouterr().out == quiet.message + "\n"
 
 
-def test_in_a_real_ipython_shell_the_verdict_appears_once():
+def test_in_a_real_ipython_shell_the_verdict_appears_once(tmp_path, monkeypatch):
     interactiveshell = pytest.importorskip("IPython.core.interactiveshell")
-    shell = interactiveshell.InteractiveShell.instance()
+    from traitlets.config import Config
+
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path))  # nothing written to the user's ~/.ipython
+    config = Config()
+    config.HistoryManager.enabled = False
+    shell = interactiveshell.InteractiveShell.instance(config=config)
     try:
         shell.user_ns.update(check=check, sigmoid_stub=sigmoid_stub, reference_sigmoid=reference_sigmoid)
-        import contextlib
-        import io
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             shell.run_cell("check(sigmoid_stub, reference_sigmoid, (2,))", store_history=True)
