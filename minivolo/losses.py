@@ -11,8 +11,6 @@ gradient.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from . import functional as F
 from .nn import Module
 from .tensor import Tensor

@@ -26,7 +26,6 @@ import math
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -69,7 +68,8 @@ def dense_logits(model, x: Tensor) -> Tensor:
 
 @no_grad()
 def relabel(model, dataset, batch_size: int = 256, device: str = "cpu", transform=None) -> np.ndarray:
-    """Run a trained ``model`` densely over every image of ``dataset``, in order, in eval mode.
+    """Run a trained ``model`` (on ``device``) densely over every image of ``dataset``, in order; the
+    model is left in eval mode.
 
     dataset: an ArrayDataset (its images un-augmented); transform: the evaluation preprocessing
     (e.g. resize + normalise, as the teacher was evaluated), applied batch by batch on ``device``.
@@ -123,7 +123,7 @@ def save_label_maps(path: str | Path, logits: np.ndarray, dataset, img_size, tea
                          f"{len(dataset.classes)} classes)")
     if topk is None:
         topk = c if c <= ALL_CLASSES_UP_TO else DEFAULT_TOPK
-    if not 1 <= topk:
+    if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     meta = dict(format=LABEL_MAPS_FORMAT, num_images=n, classes=list(dataset.classes), grid=[h, w],
                 img_size=list(_pair(img_size)), topk=None if topk >= c else int(topk),
@@ -145,8 +145,8 @@ class LabelMaps:
     """Label maps read by ``load_label_maps``.
 
     Attributes: path, num_images, classes, grid (h, w), img_size (H, W), topk (None: all classes),
-    teacher (dict), command (str), and the arrays of the file (``logits``, or ``topk_values``,
-    ``topk_indices``, ``logsumexp``), on the host.
+    teacher (dict), command (str), images_crc32 (``images_checksum`` of the images), and ``arrays``,
+    the entries of the file (``logits``, or ``topk_values``, ``topk_indices``, ``logsumexp``) on the host.
     """
 
     def __init__(self, path: Path, meta: dict, arrays: dict):
@@ -154,6 +154,7 @@ class LabelMaps:
         self.num_images, self.classes = int(meta["num_images"]), list(meta["classes"])
         self.grid, self.img_size = tuple(meta["grid"]), tuple(meta["img_size"])
         self.topk, self.teacher, self.command = meta["topk"], meta["teacher"], meta["command"]
+        self.images_crc32 = int(meta["images_crc32"])
         self.arrays = arrays
 
     def __len__(self) -> int:
@@ -165,14 +166,14 @@ class LabelMaps:
                 f"{self.grid[0]}x{self.grid[1]} grid at {self.img_size[0]}x{self.img_size[1]} px)")
 
     def maps(self, indices, device: str = "cpu", dtype=np.float32):
-        """The label maps of images ``indices`` (host integers, (B,)) as logits (B, C, h, w) on ``device``.
+        """The label maps of images ``indices`` ((B,) integers) as logits (B, C, h, w) on ``device``.
 
         With top-k storage the classes outside the top k share the rest of each location's
         probability mass evenly: their logit is log((Z - sum_topk e^v) / (C - k)), Z = e^logsumexp, so
         softmax of the map gives the teacher's probabilities for the top k exactly (tlt fills zeros
         instead, which changes them). A location whose top k hold all the mass gets log(1e-30 / (C - k)).
         """
-        indices = np.asarray(indices)
+        indices = backend.to_numpy(indices)
         if "logits" in self.arrays:
             out = self.arrays["logits"][indices].astype(dtype)
         else:
@@ -218,7 +219,7 @@ def load_label_maps(path: str | Path, dataset=None, *, img_size=None, grid=None)
     if dataset is not None:
         if maps.num_images != len(dataset):
             problems.append(f"made for {maps.num_images} images, the dataset has {len(dataset)}")
-        elif meta["images_crc32"] != images_checksum(dataset.images):
+        elif maps.images_crc32 != images_checksum(dataset.images):
             problems.append("made for other images than the dataset's (their checksum differs: another "
                             "dataset, order or subset)")
         if maps.classes != list(dataset.classes):
