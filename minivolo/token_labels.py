@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
+from .datasets import DataLoader
 from .tensor import Tensor, no_grad
 
 __all__ = ["LABEL_MAPS_FORMAT", "LabelMaps", "relabel", "dense_logits", "save_label_maps", "load_label_maps",
@@ -45,25 +46,18 @@ def dense_logits(model, x: Tensor) -> Tensor:
     """The classifier applied at every token, before pooling.  x (B, in_chans, H, W) -> (B, h, w, C).
 
     For VOLO: ``aux_head`` on each token of ``forward_features`` (the class token left out), the
-    tokens on the (h, w) grid after the stages (``pos_embed``'s grid). A model without aux head but
-    with average pooling uses its ``head`` on every token (the mean of those is its logit, as the head
-    is linear).
+    tokens on the (h, w) grid after the stages (``pos_embed``'s grid), row-major.
     """
+    if getattr(model, "aux_head", None) is None:
+        raise ValueError(f"{type(model).__name__}: dense logits need an aux_head (VOLO with use_aux_head=True)")
     features = model.forward_features(x)  # (B, 1 + N, D), or (B, N, D) without class token
-    tokens = features[:, 1:] if getattr(model, "post_network", None) is not None else features
-    if getattr(model, "aux_head", None) is not None:
-        head = model.aux_head
-    elif getattr(model, "global_pool", None) == "avg":
-        head = model.head
-    else:
-        raise ValueError(f"{type(model).__name__}: dense logits need an aux_head (use_aux_head=True) or "
-                         "global_pool='avg'")
+    tokens = features[:, 1:] if model.post_network is not None else features
     h, w = model.pos_embed.shape[1:3]
     B, N, _ = tokens.shape
     if N != h * w:
         raise ValueError(f"{type(model).__name__}: expected {h}x{w} = {h * w} tokens (the pos_embed grid), "
                          f"got {N}")
-    return head(tokens).reshape(B, h, w, -1)
+    return model.aux_head(tokens).reshape(B, h, w, -1)
 
 
 @no_grad()
@@ -76,22 +70,16 @@ def relabel(model, dataset, batch_size: int = 256, device: str = "cpu", transfor
     Returns host logits (len(dataset), C, h, w) float16 (see ``dense_logits``); raises ValueError when
     a logit does not fit float16.
     """
-    from .datasets import DataLoader
+    if len(dataset) == 0:
+        raise ValueError("relabel: the dataset is empty")
     model.eval()
     loader = DataLoader(dataset, batch_size, transform=transform, device=device)
-    out = None
-    start = 0
-    for x, _ in loader:
-        logits = backend.to_numpy(dense_logits(model, Tensor(x)).data)  # (B, h, w, C)
-        if out is None:
-            out = np.empty((len(dataset),) + (logits.shape[3], logits.shape[1], logits.shape[2]), np.float16)
-        out[start:start + len(logits)] = logits.transpose(0, 3, 1, 2)
-        start += len(logits)
-    if out is None:
-        raise ValueError("relabel: the dataset is empty")
+    batches = [backend.to_numpy(dense_logits(model, Tensor(x)).data).astype(np.float16)  # (B, h, w, C)
+               for x, _ in loader]
+    out = np.concatenate(batches).transpose(0, 3, 1, 2)  # (images, C, h, w)
     if not np.isfinite(out).all():
         raise ValueError("relabel: the teacher's logits are not finite in float16 (|logit| > 65504 or NaN)")
-    return out
+    return np.ascontiguousarray(out)
 
 
 # --- the file ---------------------------------------------------------------------------------------

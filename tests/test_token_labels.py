@@ -276,6 +276,17 @@ def test_relabel_is_the_aux_head_on_every_token():
     out = relabel(model, ds, batch_size=4, transform=transform)  # 3 batches, the last one short
     assert out.shape == (10, 10, 4, 4) and out.dtype == np.float16
     np.testing.assert_allclose(out, _direct(model, ds, transform), rtol=2e-3, atol=2e-3)
+    # the same token logits VOLO's inference output takes its max over: model(x) = head(cls) + 0.5 max aux
+    x = Tensor(transform(ds.images.astype(np.float32) / 255))
+    with no_grad():
+        cls = model.head(model.forward_features(x)[:, 0]).numpy()
+        np.testing.assert_allclose(model(x).numpy() - cls, 0.5 * out.astype(np.float32).max(axis=(2, 3)),
+                                   rtol=2e-3, atol=2e-3)
+
+
+def test_relabel_needs_an_aux_head():
+    with pytest.raises(ValueError, match="need an aux_head"):
+        relabel(create_model("volo_nano", use_aux_head=False), _dataset(2))
 
 
 def test_relabel_command(tmp_path, capsys):
