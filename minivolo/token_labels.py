@@ -158,7 +158,7 @@ class LabelMaps:
 
         With top-k storage the classes outside the top k share the rest of each location's
         probability mass evenly: their logit is log((Z - sum_topk e^v) / (C - k)), Z = e^logsumexp, so
-        softmax of the map gives the teacher's probabilities for the top k exactly (tlt fills zeros
+        softmax of the map gives the teacher's probabilities for the top k (up to float16 rounding; tlt fills zeros
         instead, which changes them). A location whose top k hold all the mass gets log(1e-30 / (C - k)).
         """
         indices = backend.to_numpy(indices)
@@ -238,6 +238,9 @@ def _check_arrays(maps: LabelMaps) -> None:
                              f"(from the metadata), got {got}")
     if k is not None and not ((maps.arrays["topk_indices"] >= 0) & (maps.arrays["topk_indices"] < c)).all():
         raise ValueError(f"{maps.path}: topk_indices outside [0, {c})")
+    for name in ("logits", "topk_values", "logsumexp"):
+        if name in expected and not np.isfinite(maps.arrays[name]).all():
+            raise ValueError(f"{maps.path}: entry {name!r} holds non-finite values (corrupt?)")
 
 
 def _pair(size) -> tuple:

@@ -249,6 +249,11 @@ def test_truncated_corrupt_or_inconsistent_files_are_refused(tmp_path):
     np.savez(bad, logits=logits[:, :, :3], meta=np.array(json.dumps(meta)))  # arrays disagree with the metadata
     with pytest.raises(ValueError, match=rf"{bad}: entry 'logits' should be float16 \(6, 10, 4, 4\)"):
         load_label_maps(bad, ds)
+    nan = logits.copy()
+    nan[2, 3, 1, 0] = np.nan
+    np.savez(bad, logits=nan, meta=np.array(json.dumps(meta)))
+    with pytest.raises(ValueError, match=f"{bad}: entry 'logits' holds non-finite values"):
+        load_label_maps(bad, ds)
     np.savez(bad, logits=logits, meta=np.array(json.dumps({**meta, "format": "other"})))
     with pytest.raises(ValueError, match="expected format 'minivolo-label-maps-1'"):
         load_label_maps(bad, ds)
