@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
+from .checkpoint import atomic_write
 from .datasets import DataLoader
 from .tensor import Tensor, no_grad
 
@@ -101,7 +102,6 @@ def save_label_maps(path: str | Path, logits: np.ndarray, dataset, img_size, tea
         logsumexp (images, h, w) float32                        log sum_c exp(logit_c) over all C
         meta: JSON {format, num_images, classes, grid, img_size, topk, images_crc32, teacher, command}
     """
-    from .train import _atomic_write
     logits = np.asarray(logits)
     if logits.ndim != 4:
         raise ValueError(f"logits must be (images, C, h, w), got shape {logits.shape}")
@@ -126,7 +126,7 @@ def save_label_maps(path: str | Path, logits: np.ndarray, dataset, img_size, tea
                        topk_indices=idx.astype(np.int32),
                        logsumexp=(m + np.log(np.exp(x - m).sum(axis=1, keepdims=True)))[:, 0])
     entries["meta"] = np.array(json.dumps(meta))
-    _atomic_write(Path(path), lambda f: np.savez_compressed(f, **entries))
+    atomic_write(Path(path), lambda f: np.savez_compressed(f, **entries))
 
 
 class LabelMaps:
