@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from oracle import check_against_torch, torch
 
 import minivolo as mv
-from minivolo import bench, gradcheck
+from minivolo import gradcheck
 from minivolo import functional as F
 from minivolo.functional import conv
 
@@ -369,17 +369,6 @@ def test_bad_arguments(call, message):
         call()
 
 
-# --- bench -----------------------------------------------------------------------------------------
-def test_bench_run_reports_rows(monkeypatch, capsys):
-    calls = []
-    monkeypatch.setitem(bench.BENCHMARKS, "noop", lambda: (lambda: calls.append(1), None))
-    rows = bench.run(["noop"], repeat=3, threads_note=False)
-    assert rows[0]["name"] == "noop" and rows[0]["torch_ms"] is None and len(calls) == 4
-    assert "noop" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="unknown benchmark"):
-        bench.run(["nope"])
-
-
 # --- regressions: behaviour that once differed from PyTorch ------------------------------------------
 UNBATCHED = [
     ("conv2d", lambda x, w: F.conv2d(x, w, None, 2, 1, 1, 2), lambda x, w: TF.conv2d(x, w, None, 2, 1, 1, 2),
@@ -407,14 +396,3 @@ def test_circular_pad_with_negative_amounts_wraps_the_cropped_input(amounts):
                         lambda x: TF.pad(x, amounts, mode="circular"), [randn(*shape)])
     with pytest.raises(ValueError, match="circular padding must be at most the dim"):
         F.pad(mv.Tensor(randn(1, 1, 5)), (2, -4), mode="circular")
-
-
-def test_bench_volo_tiny_step_matches_timm_when_importable():
-    """The whole-model benchmark runs a real step; with timm importable (through the test shim) its
-    reference is the same network: the same parameter count."""
-    from timm_shim import import_timm
-    import_timm()
-    ours, theirs = bench.BENCHMARKS["volo_tiny_step"]()
-    ours()
-    assert all(p.grad is not None for p in ours.model.parameters())
-    assert sum(p.numel() for p in theirs.model.parameters()) == ours.model.num_parameters() == 935_190
