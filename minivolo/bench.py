@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import gc
 import importlib.machinery
 import importlib.util
 import json
@@ -173,7 +174,8 @@ def environment(device: str = "cpu") -> dict:
         "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE"),
         "torch": torch.__version__ if torch else None,
         "torch_threads": torch.get_num_threads() if torch else None,
-        "timm": timm.__version__ if not isinstance(timm, str) else timm,
+        "timm": timm.__version__ if not isinstance(timm, str) else None,
+        "timm_missing": timm if isinstance(timm, str) else None,
     }
     if device == "cuda":
         env["gpu"] = backend.device_name()
@@ -189,12 +191,13 @@ def _header_lines(env: dict) -> list[str]:
         blas_text = "; ".join(f"{b['internal_api']} {b['version']}, kernel {b['architecture']}, "
                               f"{b['num_threads']} threads ({os.path.basename(b['filepath'] or '')})"
                               for b in blas) or "no BLAS library found by threadpoolctl"
-    coretype = env["OPENBLAS_CORETYPE"]
+    set_or_not = {k: f"{k} is set to {env[k]}" if env[k] else f"{k} is not set"
+                  for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    reference = f"timm {env['timm']}" if env["timm"] else f"no VOLO reference: {env['timm_missing']}"
+    torch = f"torch {env['torch']} on {env['torch_threads']} threads; {reference}" if env["torch"] \
+        else "torch is not installed: torch columns are '-'"
     lines = [f"# {env['cpu_cores']} CPU cores; NumPy {env['numpy']}; BLAS: {blas_text}",
-             f"# OPENBLAS_CORETYPE {'is set to ' + coretype if coretype else 'is not set'}; "
-             f"OPENBLAS_L2_SIZE {'is set to ' + env['OPENBLAS_L2_SIZE'] if env['OPENBLAS_L2_SIZE'] else 'is not set'}",
-             f"# torch {env['torch']} on {env['torch_threads']} threads; timm {env['timm']}" if env["torch"]
-             else "# torch is not installed: torch columns are '-'"]
+             f"# {'; '.join(set_or_not.values())}", f"# {torch}"]
     if env["device"] == "cuda":
         lines.append(f"# device cuda: {env['gpu']}; torch on CUDA: {env['torch_cuda']}")
     return lines
@@ -240,23 +243,24 @@ def _median_ms(fns: list, syncs: list, repeat: int) -> list[float]:
     return [1e3 * statistics.median(t) for t in times]
 
 
-def _peak_device_mib(ours, theirs) -> tuple:
-    """Peak device memory of one call each, in MiB: minivolo's CuPy memory pool after emptying it (the
-    pool keeps what it took, so its size after the call is its high-water mark), and torch's
-    ``max_memory_allocated``."""
+def _peak_device_mib(ours, theirs) -> dict:
+    """Peak device memory of one call each, in MiB: minivolo's CuPy memory pool after emptying its cache
+    (the pool keeps what it took, so its size after the call is its high-water mark, rounding included),
+    torch's ``max_memory_allocated`` and, the pool's counterpart, ``max_memory_reserved``."""
     backend.device_memory_pool_bytes(free_cached=True)
     ours()
     backend.synchronize("cuda")
-    mine = backend.device_memory_pool_bytes() / 2 ** 20
-    ref = None
+    peaks = {"minivolo_peak_mib": backend.device_memory_pool_bytes() / 2 ** 20, "torch_peak_mib": None,
+             "torch_peak_reserved_mib": None}
     if theirs is not None:
         torch = _torch()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         theirs()
         torch.cuda.synchronize()
-        ref = torch.cuda.max_memory_allocated() / 2 ** 20
-    return mine, ref
+        peaks.update(torch_peak_mib=torch.cuda.max_memory_allocated() / 2 ** 20,
+                     torch_peak_reserved_mib=torch.cuda.max_memory_reserved() / 2 ** 20)
+    return peaks
 
 
 def resolve(names: Iterable[str] | None, device: str = "cpu") -> list[Benchmark]:
@@ -293,6 +297,7 @@ def run(names: Iterable[str] | None = None, repeat: int = 5, device: str = "cpu"
         print(f"{'benchmark':<20}{'minivolo':>12}{'torch':>12}{'ratio':>8}  unit{memory_cols}", file=out)
         for bench in benchmarks:
             row = _run_one(bench, repeat, device, threads, quick)
+            gc.collect()  # the benchmark's models and graphs (reference cycles) go before the next one
             rows.append(row)
             mine, ref, ratio = row["minivolo"], row["torch"], row["ratio"]
             line = (f"{bench.name:<20}{mine:>12.1f}" + (f"{ref:>12.1f}{ratio:>7.2f}x" if ref is not None
@@ -313,8 +318,10 @@ def run(names: Iterable[str] | None = None, repeat: int = 5, device: str = "cpu"
 
 def _run_one(bench: Benchmark, repeat: int, device: str, threads: int | None, quick: bool) -> dict:
     torch = _torch()
+    blas = _blas_info()
     row = {"name": bench.name, "description": bench.doc,
-           "numpy_blas_threads": _blas_threads(), "torch_threads": torch.get_num_threads() if torch else None}
+           "numpy_blas_threads": max((b["num_threads"] for b in blas), default=None) if isinstance(blas, list)
+           else None, "torch_threads": torch.get_num_threads() if torch else None}
     if bench.kind == "memory":
         ours, theirs = bench.make(quick, device, threads=threads)
         a = ours()
@@ -330,18 +337,9 @@ def _run_one(bench: Benchmark, repeat: int, device: str, threads: int | None, qu
         mine, ref = (_median_ms(fns, syncs, repeat) + [None])[:2]
         row.update(unit="ms")
         if device == "cuda":
-            row["minivolo_peak_mib"], row["torch_peak_mib"] = _peak_device_mib(ours, theirs)
+            row.update(_peak_device_mib(ours, theirs))
     row.update(minivolo=mine, torch=ref, ratio=mine / ref if ref else None)
     return row
-
-
-def _blas_threads():
-    try:
-        import threadpoolctl
-    except ImportError:
-        return None
-    counts = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
-    return max(counts) if counts else None
 
 
 # --- inputs and model pairs ---------------------------------------------------------------------------
