@@ -63,7 +63,7 @@ class Benchmark:
 
     @property
     def doc(self) -> str:
-        return (self.make.__doc__ or "").strip().splitlines()[0]
+        return (self.make.__doc__ or "").strip().split("\n")[0]
 
 
 BENCHMARKS: dict[str, Benchmark] = {}

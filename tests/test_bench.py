@@ -156,3 +156,30 @@ def test_timm_imports_without_torchvision():
     lines = done.stdout.splitlines()
     assert lines[0] == "(1, 10) torchvision"
     assert "placeholder (torchvision is not installed)" in lines[1]
+
+
+def test_cuda_rows_synchronise_every_call_and_report_the_pool_peak(monkeypatch, capsys):
+    """The CUDA bookkeeping without a GPU: a stand-in benchmark and backend calls recorded in order."""
+    events = []
+    monkeypatch.setattr(bench, "_torch", lambda: None)
+    monkeypatch.setattr(backend, "device_name", lambda: "Test GPU")
+    monkeypatch.setattr(backend, "synchronize", lambda device="cuda": events.append(("sync", device)))
+    pool = {"bytes": 0}
+
+    def pool_bytes(free_cached=False):
+        events.append(("pool", free_cached))
+        return pool["bytes"]
+
+    def ours():
+        events.append(("call",))
+        pool["bytes"] = 3 * 2 ** 20
+
+    monkeypatch.setattr(backend, "device_memory_pool_bytes", pool_bytes)
+    monkeypatch.setitem(bench.BENCHMARKS, "fake",
+                        bench.Benchmark("fake", lambda quick, device: (ours, None), "time", ("cuda",)))
+    row = bench.run(["fake"], repeat=3, device="cuda", threads=1)["rows"][0]
+    assert events == [("call",), ("sync", "cuda")] * 4 + [("pool", True), ("call",), ("sync", "cuda"), ("pool", False)]
+    assert row["minivolo_peak_mib"] == 3 and row["torch_peak_mib"] is None and row["torch"] is None
+    out = capsys.readouterr().out
+    assert "# device cuda: Test GPU; torch on CUDA: False" in out
+    assert out.splitlines()[-1].split()[-2:] == ["3", "-"]
