@@ -288,6 +288,21 @@ def run(names: Iterable[str] | None = None, repeat: int = 5, device: str = "cpu"
         raise ValueError(f"repeat must be >= 1, got {repeat}")
     benchmarks = resolve(names, device)
     out = sys.stderr if json_path == "-" else sys.stdout
+    if json_path not in (None, "-"):  # a bad path fails now, not after the benchmarks
+        folder = os.path.dirname(os.path.abspath(json_path))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise ValueError(f"--json: cannot write {json_path!r}: {folder!r} is not a writable folder")
+    result = _run_all(benchmarks, repeat, device, threads, quick, out)
+    if json_path not in (None, "-"):
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
+    if json_path == "-":
+        json.dump(result, sys.stdout, indent=1)
+        print()
+    return result
+
+
+def _run_all(benchmarks: list, repeat: int, device: str, threads: int | None, quick: bool, out) -> dict:
     rows = []
     with _threads(threads):
         header = environment(device)
@@ -306,14 +321,7 @@ def run(names: Iterable[str] | None = None, repeat: int = 5, device: str = "cpu"
                 peak_ref = row["torch_peak_mib"]
                 line += f"{row['minivolo_peak_mib']:>14.0f}" + (f"{peak_ref:>11.0f}" if peak_ref else f"{'-':>11}")
             print(line, file=out, flush=True)
-    result = {"header": header, "rows": rows}
-    if json_path == "-":
-        json.dump(result, sys.stdout, indent=1)
-        print()
-    elif json_path is not None:
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=1)
-    return result
+    return {"header": header, "rows": rows}
 
 
 def _run_one(bench: Benchmark, repeat: int, device: str, threads: int | None, quick: bool) -> dict:
@@ -554,6 +562,7 @@ def _volo_d1_memory(quick: bool = False, device: str = "cpu", threads: int | Non
             env = dict(os.environ)
             root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+            env["MINIVOLO_DEVICE"] = "cpu"
             code = "import sys, minivolo.bench as b; b._memory_child(sys.argv[1], sys.argv[2])"
             done = subprocess.run([sys.executable, "-c", _LAUNCHER, sys.executable, "-c", code, library,
                                    json.dumps(job)], env=env, capture_output=True, text=True)

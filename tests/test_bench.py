@@ -96,6 +96,12 @@ def test_json_file_has_the_header_and_the_rows(tmp_path, capsys):
     assert any(line.startswith("volo_tiny_step") for line in out.splitlines())
 
 
+def test_json_path_in_a_missing_folder_fails_before_running(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "_run_all", lambda *args: pytest.fail("ran the benchmarks"))
+    assert main(["bench", "gelu", "--quick", "--json", str(tmp_path / "no" / "bench.json")]) == 2
+    assert "--json: cannot write" in capsys.readouterr().err
+
+
 def test_json_to_stdout_moves_the_table_to_stderr(capsys):
     assert main(["bench", "softmax", "--quick", "--repeat", "1", "--threads", "1", "--json", "-"]) == 0
     captured = capsys.readouterr()
