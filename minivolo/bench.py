@@ -4,7 +4,8 @@
 Each row runs minivolo and torch in the same process, on the same inputs (and, for the models, the same
 weights: minivolo's ``state_dict`` copied into timm's ``VOLO``), taking turns call by call; it reports the
 median of ``repeat`` calls after one warm-up call each. ``volo_d1_memory`` instead runs two D1 training
-steps in two fresh processes, one per library, and reports their peak resident memory (``ru_maxrss``).
+steps in two fresh processes, one per library, and reports their peak resident memory (``ru_maxrss``);
+both import ``minivolo.bench`` (about 50 MiB with NumPy), only the torch one imports torch.
 
 The header states what the figures depend on: the CPU cores, NumPy and its BLAS (library, kernel, threads,
 from ``threadpoolctl`` when it is installed), torch and its threads, and the OpenBLAS variables. On the
@@ -16,12 +17,11 @@ the documented command unsets them for the benchmark alone::
 
 Threads: ``--threads N`` gives NumPy's BLAS (through threadpoolctl) and torch N threads each; without it
 NumPy's BLAS keeps its configured count (``OPENBLAS_NUM_THREADS``...) and torch uses every core.
-minivolo's elementwise work is single-threaded NumPy either way.
 
 torch's VOLO is timm's ``timm.models.volo.VOLO``. timm imports torchvision at import time, for names the
 VOLO model never uses (transforms, datasets, ``FrozenBatchNorm2d``); when torchvision is not installed,
 ``_import_timm`` puts placeholder modules for it into ``sys.modules`` first (any use of a placeholder
-raises). Without torch (or timm) the torch columns are '-'.
+raises). Without torch the torch columns are '-' (without timm, those of the VOLO rows).
 
 A benchmark is a function ``make(quick, device) -> (ours, theirs)`` registered under a name; ``ours`` and
 ``theirs`` take no arguments and return what they computed (loss, outputs, gradients: the tests compare
@@ -56,6 +56,7 @@ from .tensor import Tensor
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
+    """A registered benchmark; ``doc`` (the first line of ``make``'s docstring) describes its row."""
     name: str
     make: Callable  # make(quick: bool, device: str) -> (ours, theirs)
     kind: str  # "time": ms per call; "memory": peak resident MiB of a fresh process
