@@ -125,8 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Parameter count of each model (all models when none is named).")
     i.add_argument("models", nargs="*", metavar="MODEL")
 
-    b = sub.add_parser("bench", help="run benchmarks", description="Run benchmarks (all when none is named).")
-    b.add_argument("names", nargs="*", metavar="NAME")
+    b = sub.add_parser("bench", help="benchmarks against PyTorch",
+                       description="minivolo against torch (timm's VOLO with the same weights) in one process, "
+                                   "taking turns; medians of --repeat calls. Run all benchmarks of the device "
+                                   "when none is named. Documented command: "
+                                   "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m minivolo bench")
+    b.add_argument("names", nargs="*", metavar="NAME", help="benchmarks (default: all for the device)")
+    b.add_argument("--json", metavar="PATH", help="also write the header and the rows as JSON ('-': stdout, "
+                                                  "the table then goes to stderr)")
+    b.add_argument("--device", choices=backend.DEVICES, default="cpu", help="device (default: cpu)")
+    b.add_argument("--repeat", type=_positive(int), default=5, help="timed calls per benchmark (default: 5)")
+    b.add_argument("--threads", type=_positive(int),
+                   help="NumPy BLAS and torch threads (default: BLAS as configured, torch on every core)")
+    b.add_argument("--quick", action="store_true", help="small variants (a smoke test; figures meaningless)")
     return parser
 
 
@@ -206,7 +217,8 @@ def _info(args) -> None:
 
 def _bench(args) -> None:
     from . import bench
-    bench.run(args.names or None)
+    bench.run(args.names or None, repeat=args.repeat, device=args.device, threads=args.threads, quick=args.quick,
+              json_path=args.json)
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "relabel": _relabel, "info": _info,
