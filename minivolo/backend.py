@@ -128,6 +128,28 @@ def generator(device: str = "cpu"):
     return _generators[device]
 
 
+# --- timing and memory (minivolo.bench) ---------------------------------------------------------------
+def synchronize(device: str = "cuda") -> None:
+    """Wait until the work queued on ``device`` has finished (benchmarks only; a no-op on the CPU)."""
+    if _check_device(device) == "cuda":
+        _cupy.cuda.Device().synchronize()
+
+
+def device_memory_pool_bytes(free_cached: bool = False) -> int:
+    """Bytes held by CuPy's default memory pool; it keeps what it took, so after a step this is the
+    step's high-water mark. ``free_cached`` first returns the cached, unused blocks to the device."""
+    pool = array_module("cuda").get_default_memory_pool()
+    if free_cached:
+        pool.free_all_blocks()
+    return pool.total_bytes()
+
+
+def device_name() -> str:
+    """The current GPU's name, e.g. "NVIDIA H100 80GB HBM3"."""
+    name = array_module("cuda").cuda.runtime.getDeviceProperties(_cupy.cuda.Device().id)["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 # --- distributed training (minivolo.distributed): GPUs and NCCL ------------------------------------
 def contiguous(a):
     """``a`` in C order (no copy when it already is): what MPI and NCCL buffers need."""

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from oracle import check_against_torch, torch
 
 import minivolo as mv
-from minivolo import bench
 from minivolo import functional as F
 from minivolo.functional import conv
 from test_conv_math import DTYPES, EMPTY_BATCH, WINDOWS, blocks_shape, randn, unfold_args
@@ -262,14 +261,3 @@ def test_empty_batch_like_torch(name):
     fn, shape, out_shape = EMPTY_BATCH[name]
     out, = check_against_torch(fn, EMPTY_BATCH_TORCH[name], [np.zeros(shape)])
     assert out.shape == out_shape
-
-
-def test_bench_volo_tiny_step_matches_timm_when_importable():
-    """The whole-model benchmark runs a real step; with timm importable (through the test shim) its
-    reference is the same network: the same parameter count."""
-    from timm_shim import import_timm
-    import_timm()
-    ours, theirs = bench.BENCHMARKS["volo_tiny_step"]()
-    ours()
-    assert all(p.grad is not None for p in ours.model.parameters())
-    assert sum(p.numel() for p in theirs.model.parameters()) == ours.model.num_parameters() == 935_190
