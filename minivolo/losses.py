@@ -11,6 +11,7 @@ gradient.
 """
 from __future__ import annotations
 
+from . import distributed
 from . import functional as F
 from .nn import Module
 from .tensor import Tensor
@@ -80,8 +81,8 @@ class TokenLabelCrossEntropy(Module):
             t_aux = target[:, :, 2:].permute(0, 2, 1)  # (B, C, N) -> (B, N, C), token order of aux_logits
         bbx1, bby1, bbx2, bby2 = bbox
         lam = 1 - (bbx2 - bbx1) * (bby2 - bby1) / N
-        if lam < 1:
-            t_cls = lam * t_cls + (1 - lam) * t_cls[::-1]
+        if lam < 1:  # flip(0) of the global batch, as the model's mix-token (one process: t_cls[::-1])
+            t_cls = lam * t_cls + (1 - lam) * distributed.flip_batch(t_cls)
         loss_cls = soft_target_cross_entropy(cls_logits, t_cls)
         # mean over all B·N tokens of each token's cross-entropy
         loss_aux = (-(t_aux * F.log_softmax(aux_logits, dim=-1))).sum(axis=-1).mean()

@@ -1,6 +1,6 @@
-"""Data-parallel training steps for tests/test_distributed.py, in float64 on volo_nano.
+"""Data-parallel training steps for tests/test_distributed_mpi.py, in float64 on volo_nano.
 
-    python tests/dist/step.py OUT.npz [--steps 5] [--drop-path 0.2] [--mix-token] ...
+    python tests/dist/step.py OUT.npz [--steps 5] [--drop-path 0.2] [--mix-token (with TokenLabelCrossEntropy)] ...
 alone is the 1-process reference on the global batch; under ``mpiexec -n 2`` every rank takes its
 rows r::2 of the same global batch, wraps the model in DistributedDataParallel (starting from
 *different* weights on each rank, so that the broadcast of rank 0's is tested too) and writes
@@ -16,6 +16,7 @@ import minivolo
 from minivolo import distributed as dist
 from minivolo import functional as F
 from minivolo import nn
+from minivolo.losses import TokenLabelCrossEntropy
 from minivolo.models import create_model
 from minivolo.optim import AdamW
 from minivolo.tensor import Tensor
@@ -48,12 +49,8 @@ def main(argv=None):
     for step in range(args.steps):
         minivolo.manual_seed(1000 + step)  # one generator state on every rank: same masks and boxes
         x, y = Tensor(images[step][r::w]), labels[step][r::w]
-        if args.mix_token:
-            cls, aux, bbox = model.forward_train(x)
-            lam = model.mix_token_lambda(bbox)
-            y_flipped = labels[step][::-1][r::w]  # the labels of the pasted tokens: of the global flip
-            loss = (F.cross_entropy(cls, Tensor(y)) * lam + F.cross_entropy(cls, Tensor(y_flipped)) * (1 - lam)
-                    + F.cross_entropy(aux.mean(axis=1), Tensor(y)) * 0.5)
+        if args.mix_token:  # VOLO's token-labeling loss: the class targets mixed with the global flip's
+            loss = TokenLabelCrossEntropy(label_smoothing=0.1)(model.forward_train(x), y)
         else:
             loss = F.cross_entropy(ddp(x), Tensor(y))
         optimizer.zero_grad()
