@@ -422,8 +422,8 @@ def _conv2d_taps(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool):
     """The fast conv2d kernel for stride 1: a loop over the kh*kw kernel offsets, each one matmul (per
     group) of that tap's weights with a shifted view of the padded input (``_tap_views``), accumulated.
 
-    Same result as ``_conv2d_im2col`` without the k^2*C*B*L columns: the forward keeps one padded,
-    channel-major copy of x (for dW) and two output-sized buffers; the backward adds every tap's W^T @ g
+    Same result as ``_conv2d_im2col`` without the k^2*C*B*L columns: the forward uses one padded,
+    channel-major copy of x (made again for dW in the backward) and two output-sized buffers; the backward adds every tap's W^T @ g
     into one padded buffer. With xpad_ij = xpad shifted by (i*dh, j*dw), as (G, C/G, B*H'*W'):
         out      = sum_ij W[:, :, i, j] @ xpad_ij
         dW_ij    = g @ xpad_ij^T
@@ -434,8 +434,11 @@ def _conv2d_taps(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool):
     (B, C, H, W), (O, Cg, kh, kw) = x.shape, w.shape
     (oh, ow), (Hp, Wp), (top, left), Og = window.out, window.extent, window.before, O // G
     wtaps = xp.ascontiguousarray(w.reshape(G, Og, Cg, kh, kw).transpose(3, 4, 0, 1, 2))  # (kh, kw, G, O/G, C/G)
-    flat, xpad = _flat_padded(x.shape, window, x.dtype, xp)
-    xpad[:, :, top:top + H, left:left + W] = x.transpose(1, 0, 2, 3)
+    def padded():                                                    # x, padded and channel-major, flat
+        flat, xpad = _flat_padded(x.shape, window, x.dtype, xp)
+        xpad[:, :, top:top + H, left:left + W] = x.transpose(1, 0, 2, 3)
+        return flat
+    flat = padded()
     acc = tmp = None
     for i, j, tap in _tap_views(flat, x.shape, window, G):          # tap (G, C/G, B*H'*W')
         if acc is None:
@@ -444,9 +447,7 @@ def _conv2d_taps(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool):
             tmp = xp.matmul(wtaps[i, j], tap, out=tmp)
             acc += tmp
     out = xp.ascontiguousarray(acc.reshape(O, B, Hp, Wp)[:, :, :oh, :ow].transpose(1, 0, 2, 3))
-    del acc, tmp
-    if not need_gw:
-        flat = None
+    del acc, tmp, flat  # the backward pads x again (one copy) rather than keep a copy of x alive
 
     def grads(g):
         gx = gw = None
@@ -455,7 +456,7 @@ def _conv2d_taps(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool):
         gflat = gpad.reshape(G, Og, B * Hp * Wp)
         if need_gw:
             gw = xp.empty((kh, kw, G, Og, Cg), g.dtype)
-            for i, j, tap in _tap_views(flat, x.shape, window, G):
+            for i, j, tap in _tap_views(padded(), x.shape, window, G):
                 xp.matmul(gflat, tap.swapaxes(-1, -2), out=gw[i, j])
             gw = gw.transpose(2, 3, 4, 0, 1).reshape(w.shape)
         if need_gx:

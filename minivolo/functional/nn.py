@@ -190,6 +190,8 @@ def _normalize(op: str, input: Tensor, weight, bias, stat_axes: tuple, param_sha
     batch_stats = mean is None
     if batch_stats:
         mean = x.mean(axis=stat_axes, keepdims=True)
+    else:
+        mean = xp.array(mean)  # a view of running stats may change before the backward normalises again
     xhat = x - mean                                      # x - mean, normalised in place below
     if batch_stats:
         var = xp.square(xhat).mean(axis=stat_axes, keepdims=True)
@@ -200,13 +202,20 @@ def _normalize(op: str, input: Tensor, weight, bias, stat_axes: tuple, param_sha
     out = xhat if w is None else xhat * w
     if b is not None:
         out = out + b if out is xhat or xp.result_type(out, b) != out.dtype else xp.add(out, b, out=out)
+    del xhat  # the backward normalises x again (two passes) rather than keep a copy of x alive
+
+    def normalized():
+        xhat = x - mean
+        xhat *= rstd
+        return xhat
     parents = [input] + [p for p in (weight, bias) if p is not None]
     param_axes = tuple(i for i, n in enumerate(param_shape) if n == 1)
 
-    def backward(g):  # two full-size buffers: g * xhat (for dw and mean(gh * xhat)) and gx
+    def backward(g):  # three full-size buffers: xhat, g * xhat (for dw and mean(gh * xhat)) and gx
         gx = gw = gb = None
         need_gw = weight is not None and weight.requires_grad
-        gxhat = g * xhat if need_gw or (input.requires_grad and batch_stats) else None
+        xhat = normalized() if need_gw or (input.requires_grad and batch_stats) else None
+        gxhat = g * xhat if xhat is not None else None
         if need_gw:
             gw = gxhat.sum(axis=param_axes).reshape(weight.shape)
         if input.requires_grad:
@@ -218,11 +227,12 @@ def _normalize(op: str, input: Tensor, weight, bias, stat_axes: tuple, param_sha
                 else:
                     gx_mean = g.mean(axis=stat_axes, keepdims=True) * rstd
                 proj = gxhat.mean(axis=stat_axes, keepdims=True) * rstd
+                del gxhat
                 if w is not None:
                     gx *= rstd                                    # rstd * gh
-                xp.multiply(xhat, proj, out=gxhat)
+                xhat *= proj
                 gx -= gx_mean
-                gx -= gxhat                                       # rstd * (gh - mean(gh) - xhat mean(gh xhat))
+                gx -= xhat                                        # rstd * (gh - mean(gh) - xhat mean(gh xhat))
             elif w is not None:
                 gx *= rstd
         if bias is not None and bias.requires_grad:
