@@ -66,3 +66,17 @@ def test_conv2d_taps_float32_stays_float32(monkeypatch):
     for f, r in zip(fast, reference):
         assert f.dtype == np.float32
         np.testing.assert_allclose(f, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_erf_split_over_threads_matches_one_call(dtype, monkeypatch):
+    """gelu's erf split over threads gives the very values of one backend.erf call, in the input's dtype."""
+    from minivolo import backend
+    from minivolo.functional import nn
+    x = np.random.default_rng(3).standard_normal((3, 70001)).astype(dtype) * 3  # odd size: uneven chunks
+    monkeypatch.setattr(nn, "_ERF_SPLIT_MIN", 1)
+    for threads in (2, 3):
+        monkeypatch.setattr(nn, "ERF_THREADS", threads)
+        out = nn._erf(x)
+        assert out.dtype == dtype and out.shape == x.shape
+        np.testing.assert_array_equal(out, backend.erf(x))
