@@ -66,7 +66,7 @@ def relu(input: Tensor) -> Tensor:
 # exp 0.76x the one-thread time, but memory-bound passes (subtract, multiply) 1.26x: only erf is split.
 ERF_THREADS = min(2, os.cpu_count() or 1)
 _ERF_SPLIT_MIN = 1 << 18  # elements; below this the threads' overhead outweighs the gain
-_erf_pool: ThreadPoolExecutor | None = None
+_erf_pool: tuple | None = None  # (pid, executor): a forked child makes its own (it has no pool threads)
 
 
 def _erf(a):
@@ -74,15 +74,15 @@ def _erf(a):
     global _erf_pool
     if ERF_THREADS < 2 or a.size < _ERF_SPLIT_MIN or backend.get_array_module(a) is not np:
         return backend.erf(a)
-    if _erf_pool is None or _erf_pool._max_workers != ERF_THREADS - 1:
-        _erf_pool = ThreadPoolExecutor(ERF_THREADS - 1, thread_name_prefix="minivolo-erf")
+    if _erf_pool is None or _erf_pool[0] != os.getpid() or _erf_pool[1]._max_workers != ERF_THREADS - 1:
+        _erf_pool = (os.getpid(), ThreadPoolExecutor(ERF_THREADS - 1, thread_name_prefix="minivolo-erf"))
     flat, out = a.reshape(-1), np.empty(a.shape, a.dtype)
     bounds = np.linspace(0, flat.size, ERF_THREADS + 1).astype(int)
     chunks = [(out.reshape(-1)[lo:hi], flat[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
     def run(chunk):
         chunk[0][...] = backend.erf(chunk[1])
-    futures = [_erf_pool.submit(run, c) for c in chunks[1:]]
+    futures = [_erf_pool[1].submit(run, c) for c in chunks[1:]]
     run(chunks[0])
     for f in futures:
         f.result()
