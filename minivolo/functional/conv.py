@@ -8,11 +8,11 @@ Everything here is built on two array kernels that are each other's adjoint:
 ``_im2col`` is one copy of a strided view of the padded image; ``_col2im`` is a loop over the kh*kw kernel
 offsets (``_offsets``), each adding one strided slice of the padded buffer (k^2 slice-adds, never a loop over
 pixels). Since <im2col(x), y> = <x, col2im(y)>, unfold's backward is fold and fold's backward is unfold;
-conv2d is im2col followed by one batched matmul (for stride 1 a faster
-kernel skips the columns: one matmul per kernel offset over shifted views, ``_conv2d_taps``); the pools reduce over the same windows; outlook attention's
-fused op (functional/outlook.py) runs the same two kernels on channels-last maps. As in torch, unfold, fold,
-conv2d and the pools also take one unbatched sample ((C, H, W), or (C*kh*kw, L) for fold), and a batch may
-be empty (B = 0: empty outputs and gradients) while no other dim may.
+conv2d is im2col followed by one batched matmul (for stride 1 a faster kernel skips the columns: one
+matmul per kernel offset over shifted views, ``_conv2d_taps``); the pools reduce over the same windows;
+outlook attention's fused op (functional/outlook.py) runs the same two kernels on channels-last maps.
+As in torch, unfold, fold, conv2d and the pools also take one unbatched sample ((C, H, W), or
+(C*kh*kw, L) for fold), and a batch may be empty (B = 0: empty outputs and gradients) while no other dim may.
 
     unfold(input, kernel_size, dilation=1, padding=0, stride=1)              (B, C, H, W) -> (B, C*kh*kw, L)
     fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1)   (B, C*kh*kw, L) -> (B, C, H, W)
@@ -423,8 +423,9 @@ def _conv2d_taps(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool):
     group) of that tap's weights with a shifted view of the padded input (``_tap_views``), accumulated.
 
     Same result as ``_conv2d_im2col`` without the k^2*C*B*L columns: the forward uses one padded,
-    channel-major copy of x (made again for dW in the backward) and two output-sized buffers; the backward adds every tap's W^T @ g
-    into one padded buffer. With xpad_ij = xpad shifted by (i*dh, j*dw), as (G, C/G, B*H'*W'):
+    channel-major copy of x (made again for dW in the backward) and two output-sized buffers; the
+    backward adds every tap's W^T @ g into one padded buffer. With xpad_ij = xpad shifted by (i*dh, j*dw),
+    as (G, C/G, B*H'*W'):
         out      = sum_ij W[:, :, i, j] @ xpad_ij
         dW_ij    = g @ xpad_ij^T
         dxpad_ij += W[:, :, i, j]^T @ g
