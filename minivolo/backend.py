@@ -8,20 +8,22 @@ the CPU (NumPy) and on an NVIDIA GPU (CuPy). No other module imports cupy.
     to_device(a, device)  -> the array on that device (a copy only when it has to move)
     to_numpy(a)           -> a host NumPy array (copies from the GPU explicitly)
     default_device()      -> $MINIVOLO_DEVICE, "cpu" when unset
+    erf(a)                -> the error function, by scipy.special (host) or cupyx.scipy.special (GPU)
     use_cupy(cupy, cupyx) -> point the backend at another CuPy (the tests' strict stand-in, fakecupy)
 """
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
+import scipy.special
 
 try:  # CuPy is optional; a broken install counts as absent.
     import cupy as _cupy
-    import cupyx as _cupyx
-    import cupyx.scipy.special  # noqa: F401  (erf on the GPU)
 except Exception:  # pragma: no cover - depends on the machine
-    _cupy = _cupyx = None
+    _cupy = None
+_cupyx = None  # cupyx, imported on first use (it is slow to import)
 
 DEVICES = ("cpu", "cuda")
 _cuda_status: tuple[bool, str] | None = None  # (usable, why not), found once per process
@@ -115,6 +117,20 @@ def to_numpy(a) -> np.ndarray:
     return np.asarray(a)
 
 
+def erf(a):
+    """The error function of a float array, in its dtype: ``scipy.special.erf`` for NumPy arrays,
+    ``cupyx.scipy.special.erf`` (imported on first use) for CuPy arrays. float32 is computed in float32."""
+    if get_array_module(a) is np:
+        out = np.asarray(scipy.special.erf(a))  # a 0-d input gives a NumPy scalar: make it an array again
+    else:
+        global _cupyx
+        if _cupyx is None:
+            import cupyx.scipy.special  # noqa: F401
+            _cupyx = sys.modules["cupyx"]
+        out = _cupyx.scipy.special.erf(a)
+    return out.astype(a.dtype) if a.dtype.kind == "f" and out.dtype != a.dtype else out  # float16
+
+
 def manual_seed_device(seed: int) -> None:
     """Seed CuPy's global generator too, when it is present and usable."""
     if cuda_available():
@@ -141,3 +157,25 @@ def generator(device: str = "cpu"):
         _generators[device] = (np.random.default_rng() if device == "cpu"
                                else _cupy.random.default_rng())
     return _generators[device]
+
+
+# --- timing and memory (minivolo.bench) ---------------------------------------------------------------
+def synchronize(device: str = "cuda") -> None:
+    """Wait until the work queued on ``device`` has finished (benchmarks only; a no-op on the CPU)."""
+    if _check_device(device) == "cuda":
+        _cupy.cuda.Device().synchronize()
+
+
+def device_memory_pool_bytes(free_cached: bool = False) -> int:
+    """Bytes held by CuPy's default memory pool; it keeps what it took, so after a step this is the
+    step's high-water mark. ``free_cached`` first returns the cached, unused blocks to the device."""
+    pool = array_module("cuda").get_default_memory_pool()
+    if free_cached:
+        pool.free_all_blocks()
+    return pool.total_bytes()
+
+
+def device_name() -> str:
+    """The current GPU's name, e.g. "NVIDIA H100 80GB HBM3"."""
+    name = array_module("cuda").cuda.runtime.getDeviceProperties(_cupy.cuda.Device().id)["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)

@@ -1,4 +1,4 @@
-"""The command line: ``python -m minivolo train | evaluate | predict | info | bench``.
+"""The command line: ``python -m minivolo train | evaluate | predict | relabel | info | bench``.
 
 Bad option values are argparse errors (usage + message, exit 2); user errors found later (a missing
 file, a corrupt checkpoint, an unavailable device) print ``error: ...`` and exit 2 as well.
@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   python -m minivolo train --resume runs/volo_tiny-20250101-120000
   python -m minivolo evaluate runs/NAME/best.npz
   python -m minivolo predict runs/NAME/best.npz shirt.png --topk 3
+  python -m minivolo relabel runs/NAME/best.npz --out labels.npz   # a teacher's dense label maps
   python -m minivolo info volo_d1
 """
 
@@ -108,12 +109,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=_positive(int), default=5, help="classes to show (default: 5)")
     p.add_argument("--device", choices=backend.DEVICES, default="cpu", help="device (default: cpu)")
 
+    r = sub.add_parser("relabel", help="dense label maps of a teacher (token labeling)",
+                       description="Run a trained model (the teacher) densely over the un-augmented training "
+                                   "images: the aux head on every token, logits stored as float16 (all classes "
+                                   "up to 100, the top 5 above) with the teacher and this command.")
+    r.add_argument("checkpoint", help="the teacher: a .npz checkpoint or a run folder (its last.npz)")
+    r.add_argument("--out", required=True, help="the label-map file to write (.npz)")
+    r.add_argument("--dataset", choices=DATASETS, help="dataset (default: the one the teacher was trained on)")
+    r.add_argument("--data-dir", help="folder of the dataset")
+    r.add_argument("--batch-size", type=_positive(int), default=256, help="batch size (default: 256)")
+    r.add_argument("--device", choices=backend.DEVICES, default="cpu", help="device (default: cpu)")
+    r.set_defaults(argv=None)  # main() fills it in: the file records the command that made it
+
     i = sub.add_parser("info", help="parameter counts of the models",
                        description="Parameter count of each model (all models when none is named).")
     i.add_argument("models", nargs="*", metavar="MODEL")
 
-    b = sub.add_parser("bench", help="run benchmarks", description="Run benchmarks (all when none is named).")
-    b.add_argument("names", nargs="*", metavar="NAME")
+    b = sub.add_parser("bench", help="benchmarks against PyTorch",
+                       description="minivolo against torch (timm's VOLO with the same weights) in one process, "
+                                   "taking turns; medians of --repeat calls. Run all benchmarks of the device "
+                                   "when none is named. Documented command: "
+                                   "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m minivolo bench")
+    b.add_argument("names", nargs="*", metavar="NAME", help="benchmarks (default: all for the device)")
+    b.add_argument("--json", metavar="PATH", help="also write the header and the rows as JSON ('-': stdout, "
+                                                  "the table then goes to stderr)")
+    b.add_argument("--device", choices=backend.DEVICES, default="cpu", help="device (default: cpu)")
+    b.add_argument("--repeat", type=_positive(int), default=5, help="timed calls per benchmark (default: 5)")
+    b.add_argument("--threads", type=_positive(int),
+                   help="NumPy BLAS and torch threads (default: BLAS as configured, torch on every core)")
+    b.add_argument("--quick", action="store_true", help="small variants (a smoke test; figures meaningless)")
     return parser
 
 
@@ -138,6 +162,30 @@ def _predict(args) -> None:
     from .train import predict
     for image, top in zip(args.images, predict(args.checkpoint, args.images, args.topk, args.device)):
         print(f"{image}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
+
+
+def _relabel(args) -> None:
+    import shlex
+    from .datasets import load_dataset
+    from .token_labels import relabel, save_label_maps
+    from .train import TrainConfig, _eval_transform, load_checkpoint, model_from_checkpoint
+    ckpt = load_checkpoint(args.checkpoint)
+    config, data = TrainConfig(**ckpt["config"]), ckpt["data"]
+    dataset = args.dataset or config.dataset
+    data_dir = args.data_dir if args.data_dir is not None or dataset != config.dataset else config.data_dir
+    train_set = load_dataset(dataset, data_dir, train=True)
+    if len(train_set.classes) != len(data["classes"]) or train_set.images.shape[1] != data["in_chans"]:
+        raise ValueError(f"the teacher was trained on {len(data['classes'])} classes of {data['in_chans']}-channel "
+                         f"images, dataset {dataset!r} has {len(train_set.classes)} of "
+                         f"{train_set.images.shape[1]}-channel images")
+    model = model_from_checkpoint(ckpt, args.device)
+    logits = relabel(model, train_set, args.batch_size, args.device, transform=_eval_transform(data))
+    teacher = dict(model=config.model, checkpoint=str(args.checkpoint), epoch=ckpt.get("epoch"),
+                   test_acc=max((m["test_acc"] for m in ckpt.get("metrics", [])), default=None))
+    command = shlex.join(["python", "-m", "minivolo", *map(str, args.argv)])
+    save_label_maps(args.out, logits, train_set, data["img_size"], teacher=teacher, command=command)
+    n, c, h, w = logits.shape
+    print(f"{args.out}: label maps of {n} images, {c} classes on a {h}x{w} grid (teacher {config.model})")
 
 
 @contextlib.contextmanager
@@ -169,10 +217,12 @@ def _info(args) -> None:
 
 def _bench(args) -> None:
     from . import bench
-    bench.run(args.names or None)
+    bench.run(args.names or None, repeat=args.repeat, device=args.device, threads=args.threads, quick=args.quick,
+              json_path=args.json)
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "info": _info, "bench": _bench}
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "relabel": _relabel, "info": _info,
+            "bench": _bench}
 
 
 def _check_names(parser, args) -> None:
@@ -189,7 +239,10 @@ def _check_names(parser, args) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if "argv" in vars(args):  # a sub-command that records the command line that ran it
+        args.argv = argv
     _check_names(parser, args)
     try:
         if getattr(args, "device", None) is not None:

@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from . import backend
+from .functional.conv import _pair
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -285,10 +286,6 @@ def load_dataset(name: str = "fashion-mnist-subset", root: str | Path | None = N
 
 
 # --- augmentations on batches ----------------------------------------------------------------------
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
 class RandomCrop:
     """Zero-pad by ``padding`` on each side, then crop ``size`` at a random offset per sample.
 

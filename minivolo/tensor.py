@@ -9,126 +9,22 @@ Forward and backward of each op therefore sit side by side.
 depth works), sums the gradients of tensors used more than once, reduces broadcast gradients back to the
 parent's shape, and stores ``.grad`` on the leaves. Each node's closure, and the arrays it captured,
 are dropped as soon as it has run, unless ``retain_graph=True``.
+
+Here are the primitive ops, each with its backward. Methods composed of them (mean, var, transpose,
+squeeze, ...) and torch's type promotion live in ``parity.py``; cat, stack, where and maximum in
+``tensor_functions.py``.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Callable, Sequence
 
 import numpy as np
 
-from . import backend
-
-_grad_enabled = True
+from . import backend, parity
 
 
-class no_grad(contextlib.ContextDecorator):
-    """Context manager (and decorator) that records no graph: outputs have ``requires_grad=False``."""
-
-    def __enter__(self):
-        global _grad_enabled
-        self._prev, _grad_enabled = _grad_enabled, False
-
-    def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self._prev
-
-
-def is_grad_enabled() -> bool:
-    return _grad_enabled
-
-
-def _as_array(data, dtype=None, device=None):
-    """The backend array for ``data``; Python floats/lists become float32 (the default dtype)."""
-    if isinstance(data, Tensor):
-        data = data.data
-    if backend.is_array(data):
-        arr = data
-    else:
-        arr = np.asarray(data)
-        if dtype is None and arr.dtype.kind == "f" and not isinstance(data, np.generic):
-            arr = arr.astype(np.float32)
-    if device is not None and backend.device_of(arr) != device:
-        arr = backend.to_device(arr, device)
-    if dtype is not None and arr.dtype != np.dtype(dtype):
-        arr = arr.astype(dtype)
-    return arr
-
-
-def unbroadcast(g, shape: tuple):
-    """Sum ``g`` over the axes that broadcasting added or stretched, so that it has ``shape``."""
-    if g.shape == tuple(shape):
-        return g
-    extra = g.ndim - len(shape)
-    if extra:
-        g = g.sum(axis=tuple(range(extra)))
-    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
-    if stretched:
-        g = g.sum(axis=stretched, keepdims=True)
-    return g.reshape(shape)
-
-
-def _axis(axis, dim):
-    """Accept PyTorch's ``dim`` as an alias of NumPy's ``axis``."""
-    a = axis if dim is None else dim
-    return tuple(a) if isinstance(a, list) else a
-
-
-def _count(shape: tuple, axis) -> int:
-    """How many elements a reduction over ``axis`` (None, an int or a tuple) combines into each output."""
-    if axis is None:
-        return int(np.prod(shape))
-    axes = axis if isinstance(axis, tuple) else (axis,)
-    return int(np.prod([shape[a] for a in axes]))
-
-
-# PyTorch's type promotion (torch.result_type), which differs from NumPy's in two ways: int with float
-# gives the float type (int32 + float32 -> float32), and an operand only raises the result's *category*
-# (bool < integer < floating) unless it is a tensor with dims: 0-d tensors and Python numbers of the
-# same category never widen it (float32 + float64 0-d tensor -> float32; int32 + 5 -> int32), and a
-# Python float meeting integers gives float32, the default dtype.
-_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3}
-
-
-def _promote_types(a, b):
-    """torch.promote_types: NumPy's rule within a category, the higher category's type across them."""
-    if a is None or b is None:
-        return a if b is None else b
-    ca, cb = _CATEGORY[a.kind], _CATEGORY[b.kind]
-    return np.promote_types(a, b) if ca == cb or max(ca, cb) == 3 else (a if ca > cb else b)
-
-
-def _combine(higher, lower):
-    """Let a lower-priority group of operands raise the result only to a higher category."""
-    if higher is None or lower is None:
-        return higher if lower is None else lower
-    if _CATEGORY[higher.kind] >= 2:
-        return higher
-    return _promote_types(higher, lower) if higher.kind == "b" or _CATEGORY[lower.kind] >= 2 else higher
-
-
-def result_type(*operands) -> np.dtype:
-    """The dtype PyTorch gives an elementwise op on ``operands`` (Tensors, arrays, Python numbers)."""
-    first = operands[0]
-    if isinstance(first, Tensor) and all(  # the common case, answered quickly: one dtype, maybe numbers
-            x.dtype == first.dtype if isinstance(x, Tensor) else
-            first.dtype.kind == "f" and isinstance(x, (bool, int, float)) for x in operands[1:]):
-        return first.dtype
-    groups = [None, None, None]  # tensors with dims, 0-d tensors, Python numbers
-    for x in operands:
-        if isinstance(x, (bool, int, float, complex)) and not isinstance(x, np.ndarray):
-            dtype = np.dtype(np.bool_ if isinstance(x, bool) else np.int64 if isinstance(x, int)
-                             else np.float32 if isinstance(x, float) else np.complex64)
-            k = 2
-        else:
-            x = _as_array(x)
-            dtype, k = x.dtype, 0 if x.ndim else 1
-        groups[k] = _promote_types(groups[k], dtype)
-    return _combine(groups[0], _combine(groups[1], groups[2]))
-
-
-class Tensor:
+class Tensor(parity.TorchMethods):
     """An array with a gradient. ``Tensor(data, requires_grad=False, dtype=None, device=None)``.
 
     Python floats and lists become float32 (the default dtype); arrays keep their dtype.
@@ -137,7 +33,7 @@ class Tensor:
     __array_priority__ = 1000  # make ndarray <op> Tensor defer to Tensor's reflected operators
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, device: str | None = None):
-        self.data = _as_array(data, dtype, device)
+        self.data = parity.as_array(data.data if isinstance(data, Tensor) else data, dtype, device)
         self.grad: Tensor | None = None
         self.requires_grad = bool(requires_grad)
         if self.requires_grad and self.data.dtype.kind not in "fc":
@@ -164,7 +60,6 @@ class Tensor:
     size = property(lambda self: self.data.size)
     device = property(lambda self: backend.device_of(self.data))
     is_leaf = property(lambda self: self._backward is None)
-    T = property(lambda self: self.transpose())
 
     @property
     def xp(self):
@@ -204,12 +99,6 @@ class Tensor:
         src = self.dtype
         return Tensor.from_op(self.data.astype(dtype), (self,), lambda g: (g.astype(src),), "astype")
 
-    def float(self) -> "Tensor":
-        return self.astype(np.float32)
-
-    def double(self) -> "Tensor":
-        return self.astype(np.float64)
-
     # --- backward ------------------------------------------------------------------------------
     def backward(self, grad=None, retain_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
@@ -226,7 +115,7 @@ class Tensor:
                                    f"shape {self.shape}: pass grad= (an array of that shape)")
             grad = self.xp.ones_like(self.data)
         else:
-            grad = _as_array(grad, self.dtype, self.device)
+            grad = parity.as_array(grad.data if isinstance(grad, Tensor) else grad, self.dtype, self.device)
             if grad.shape != self.shape:
                 raise ValueError(f"grad has shape {grad.shape}, expected the output's shape {self.shape}")
 
@@ -291,7 +180,7 @@ class Tensor:
         out = a ** b
 
         def backward(g):
-            ga = xp.where(b == 0, 0, g * b * a ** (b - 1)) if self.requires_grad else None
+            ga = xp.where(b == 0, 0, g * b * xp.where(b == 0, 1, a) ** (b - 1)) if self.requires_grad else None
             if other.requires_grad:
                 zero = (a == 0) & (b >= 0)
                 gb = xp.where(zero, 0, g * out * xp.log(xp.where(zero, 1, a)))  # no log(0) warning
@@ -305,10 +194,6 @@ class Tensor:
 
     __radd__ = __add__
     __rmul__ = __mul__
-    __rsub__ = lambda self, other: self._lift(other) - self
-    __rtruediv__ = lambda self, other: self._lift(other) / self
-    __rpow__ = lambda self, other: self._lift(other) ** self
-
     def __matmul__(self, other):
         """``a @ b`` with NumPy's rules (batch dims broadcast; 1-D operands promoted then squeezed).
 
@@ -332,9 +217,6 @@ class Tensor:
                 gb = gb[..., 0] if b.ndim == 1 else gb
             return ga, gb
         return Tensor.from_op(a @ b, (self, other), backward, "matmul")
-
-    def __rmatmul__(self, other):
-        return self._lift(other) @ self
 
     # comparisons give non-differentiable boolean tensors
     def _compare(self, other, fn):
@@ -372,7 +254,7 @@ class Tensor:
 
     # --- reductions ----------------------------------------------------------------------------
     def sum(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
-        axis, keepdims = _axis(axis, dim), keepdims if keepdim is None else keepdim
+        axis, keepdims = parity.reduce_args(axis, dim, keepdims, keepdim)
         shape, xp = self.shape, self.xp
 
         def backward(g):
@@ -381,18 +263,13 @@ class Tensor:
             return (xp.broadcast_to(g, shape),)
         return Tensor.from_op(self.data.sum(axis=axis, keepdims=keepdims), (self,), backward, "sum")
 
-    def mean(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
-        """``sum / n`` over ``axis``; NaN over an empty axis; floating-point tensors only, as ``torch.mean``."""
-        axis, keepdims = _axis(axis, dim), keepdims if keepdim is None else keepdim
-        if self.dtype.kind not in "fc":
-            raise TypeError(f"mean() needs a floating-point tensor, got dtype {self.dtype}; "
-                            "use .float() or .double() first")
-        return self.sum(axis, keepdims) / _count(self.shape, axis)
-
     def max(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
         """Maximum over ``axis``; ties share the gradient equally (as ``torch.amax``)."""
-        axis, keepdims = _axis(axis, dim), keepdims if keepdim is None else keepdim
+        axis, keepdims = parity.reduce_args(axis, dim, keepdims, keepdim)
         x, xp = self.data, self.xp
+        if parity.reduced_count(self.shape, axis) == 0:
+            raise ValueError(f"max: the maximum over an empty dim is undefined (input shape {self.shape}, "
+                             f"axis {axis}); reduce over non-empty dims only")
         out = x.max(axis=axis, keepdims=True)
 
         def backward(g):
@@ -403,69 +280,20 @@ class Tensor:
         value = out if keepdims else (out.reshape(()) if axis is None else xp.squeeze(out, axis))
         return Tensor.from_op(value, (self,), backward, "max")
 
-    def var(self, axis=None, unbiased: bool | None = None, keepdims: bool = False, *, correction=None,
-            ddof=None, dim=None, keepdim=None):
-        """Variance ``sum((x - mean)^2) / max(n - correction, 0)`` over ``axis``, as ``torch.var``.
-
-        correction defaults to 1 (unbiased); ``unbiased=False`` (PyTorch's older argument, second
-        positionally as in ``torch.var(dim, unbiased, keepdim)``) means 0, and NumPy's ``ddof`` is
-        accepted as another name for it.
-        """
-        axis, keepdims = _axis(axis, dim), keepdims if keepdim is None else keepdim
-        given = [c for c in (correction, ddof, None if unbiased is None else int(unbiased)) if c is not None]
-        if len(given) > 1:
-            raise ValueError("var: give at most one of correction, ddof and unbiased")
-        correction = given[0] if given else 1
-        centred = self - self.mean(axis, keepdims=True)
-        return (centred * centred).sum(axis, keepdims) / max(_count(self.shape, axis) - correction, 0)
-
     # --- shape ---------------------------------------------------------------------------------
     def reshape(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         src = self.shape
+        if -1 in shape and 0 in shape:  # any size fits -1 (NumPy's error would speak of "newaxis")
+            raise ValueError(f"reshape: -1 is ambiguous for a tensor of 0 elements (shape {src}); "
+                             f"give every size of {tuple(shape)}")
         return Tensor.from_op(self.data.reshape(shape), (self,), lambda g: (g.reshape(src),), "reshape")
-
-    view = reshape
-
-    def flatten(self, start_dim: int = 0, end_dim: int = -1):
-        end = end_dim % self.ndim if self.ndim else 0
-        shape = self.shape[:start_dim] + (-1,) + self.shape[end + 1:]
-        return self.reshape(shape) if self.ndim else self.reshape(1)
 
     def permute(self, *axes):
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
         inverse = tuple(np.argsort(axes))
         return Tensor.from_op(self.data.transpose(axes), (self,), lambda g: (g.transpose(inverse),),
                               "permute")
-
-    def transpose(self, *axes):
-        """``transpose(dim0, dim1)`` swaps two dims, as ``torch.Tensor.transpose``; otherwise NumPy's:
-        ``transpose()`` reverses all dims and ``transpose(perm)`` / ``transpose(*perm)`` permutes them.
-
-        Two ints always mean a swap, so for a 2-D tensor ``transpose(0, 1)`` is the transpose (PyTorch),
-        not NumPy's identity permutation; pass a tuple, ``transpose((0, 1))``, for the permutation.
-        """
-        if len(axes) == 2 and all(isinstance(a, (int, np.integer)) for a in axes):
-            return self.swapaxes(*axes)
-        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-        return self.permute(axes or tuple(range(self.ndim))[::-1])
-
-    def swapaxes(self, axis1: int, axis2: int):
-        axes = list(range(self.ndim))
-        axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
-        return self.permute(axes)
-
-    def unsqueeze(self, axis: int):
-        axis = axis % (self.ndim + 1)
-        return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
-
-    def squeeze(self, axis=None, *, dim=None):
-        """Drop the size-1 dims among ``axis`` (an int, a tuple, or all when None); others stay, as torch."""
-        axis = _axis(axis, dim)
-        if axis is None:
-            return self.reshape(tuple(n for n in self.shape if n != 1))
-        drop = {a % max(self.ndim, 1) for a in (axis if isinstance(axis, tuple) else (axis,))}
-        return self.reshape(tuple(n for i, n in enumerate(self.shape) if not (i in drop and n == 1)))
 
     def __getitem__(self, index):
         """Basic (slices, ints, None, ...) and integer-array indexing.
@@ -510,9 +338,36 @@ def _topological_order(root: Tensor) -> list:
     return order
 
 
-# --- functions of several tensors ------------------------------------------------------------------
-def _tensors(items) -> list:
-    return [t if isinstance(t, Tensor) else Tensor(t) for t in items]
+_grad_enabled = True
+
+
+class no_grad(contextlib.ContextDecorator):
+    """Context manager (and decorator) that records no graph: outputs have ``requires_grad=False``."""
+
+    def __enter__(self):
+        global _grad_enabled
+        self._prev, _grad_enabled = _grad_enabled, False
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self._prev
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+def unbroadcast(g, shape: tuple):
+    """Sum ``g`` over the axes that broadcasting added or stretched, so that it has ``shape``."""
+    if g.shape == tuple(shape):
+        return g
+    extra = g.ndim - len(shape)
+    if extra:
+        g = g.sum(axis=tuple(range(extra)))
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    if stretched:
+        g = g.sum(axis=stretched, keepdims=True)
+    return g.reshape(shape)
 
 
 def _common(*items) -> tuple:
@@ -521,65 +376,12 @@ def _common(*items) -> tuple:
     Numbers and arrays go to the first Tensor's device; a number is converted straight to the result
     dtype (1.0001 * float64 must not pass through float32).
     """
-    dtype = result_type(*items)
+    dtype = parity.result_type(*(t.data if isinstance(t, Tensor) else parity.as_array(t) if not isinstance(
+        t, parity.NUMBERS) else t.item() if isinstance(t, np.generic) else t for t in items))
     device = next((t.device for t in items if isinstance(t, Tensor)), None)
     tensors = [t if isinstance(t, Tensor) else
-               Tensor(_as_array(t, dtype if np.isscalar(t) else None, device)) for t in items]
+               Tensor(parity.as_array(t, dtype if np.isscalar(t) else None, device)) for t in items]
     return tensors, [t.data.astype(dtype, copy=False) for t in tensors]
 
 
-def concatenate(tensors: Sequence[Tensor], axis: int = 0, *, dim: int | None = None) -> Tensor:
-    """Join along an existing axis (``dim`` as torch.cat); backward splits ``g`` at the same offsets."""
-    axis = _axis(axis, dim)
-    tensors = _tensors(tensors)
-    xp = tensors[0].xp
-    bounds = np.cumsum([t.shape[axis] for t in tensors])[:-1]
-    return Tensor.from_op(xp.concatenate([t.data for t in tensors], axis=axis), tensors,
-                          lambda g: tuple(xp.split(g, bounds, axis=axis)), "concatenate")
-
-
-cat = concatenate
-
-
-def stack(tensors: Sequence[Tensor], axis: int = 0, *, dim: int | None = None) -> Tensor:
-    """Join along a new axis (``dim`` as torch.stack); backward takes the slices apart again."""
-    axis = _axis(axis, dim)
-    tensors = _tensors(tensors)
-    xp = tensors[0].xp
-    return Tensor.from_op(xp.stack([t.data for t in tensors], axis=axis), tensors,
-                          lambda g: tuple(xp.moveaxis(g, axis, 0)), "stack")
-
-
-def where(condition, x, y) -> Tensor:
-    """``x`` where ``condition`` holds, else ``y`` (broadcasting); the gradient goes to the chosen side."""
-    cond = condition.data if isinstance(condition, Tensor) else condition
-    (x, y), (a, b) = _common(x, y)
-    xp = x.xp
-    return Tensor.from_op(xp.where(cond, a, b), (x, y),
-                          lambda g: (xp.where(cond, g, 0), xp.where(cond, 0, g)), "where")
-
-
-def maximum(a, b) -> Tensor:
-    """Elementwise max; at ties the gradient is split in half, as ``torch.maximum``."""
-    (a, b), (x, y) = _common(a, b)
-    xp = a.xp
-
-    def backward(g):
-        wa = (x > y) + 0.5 * (x == y)
-        return g * wa.astype(g.dtype), g * (1 - wa).astype(g.dtype)
-    return Tensor.from_op(xp.maximum(x, y), (a, b), backward, "maximum")
-
-
-def tensor(data, requires_grad: bool = False, dtype=None, device: str | None = None) -> Tensor:
-    """``Tensor(data, ...)`` on the default device ($MINIVOLO_DEVICE) unless ``device`` is given."""
-    return Tensor(data, requires_grad, dtype, device or backend.default_device())
-
-
-def _tensor_fn(name: str):
-    @functools.wraps(getattr(Tensor, name))
-    def fn(x, *args, **kwargs):
-        return getattr(x if isinstance(x, Tensor) else Tensor(x), name)(*args, **kwargs)
-    return fn
-
-
-exp, log, sqrt, tanh, abs = (_tensor_fn(n) for n in ("exp", "log", "sqrt", "tanh", "abs"))
+from .tensor_functions import cat, concatenate, maximum, stack, where  # noqa: E402,F401  (importable from here too)

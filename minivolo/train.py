@@ -1,4 +1,4 @@
-"""The training loop, checkpoints, metrics and plots; evaluation and prediction from a checkpoint.
+"""The training loop and its metrics; evaluation and prediction from a checkpoint.
 
     train(config, resume=None, **overrides)  -> {"run_dir", "metrics", "best_acc", "model"}
     load_checkpoint(path)                    -> the saved tree (the one reader of checkpoints)
@@ -6,14 +6,8 @@
     predict(checkpoint, images, topk)        -> top-k classes with probabilities per image
 
 A run lives in ``<out>/<name>/``: ``config.json``, ``metrics.csv`` (one row per epoch), ``curves.png``,
-``last.npz`` (after every epoch) and ``best.npz`` (best test accuracy so far). Every file is written
-atomically (a temporary file in the same folder, fsync, ``os.replace``): a crash mid-write leaves the
-previous version intact.
-
-A checkpoint is an ``.npz`` file that loads with ``allow_pickle=False``: every array is an entry
-(``model/<state_dict name>``, ``optimizer/state/<i>/<name>``), everything else (epoch, config, metrics,
-scheduler, class names, normalisation) is one JSON string in the entry ``meta``, where arrays
-appear as ``{"__array__": "<entry name>"}``.
+``last.npz`` (after every epoch) and ``best.npz`` (best test accuracy so far), each written atomically
+(``checkpoint.py`` writes and reads the files; ``plots.py`` draws the figures).
 
 Resuming is bit for bit: everything random in epoch e is a function of (seed, e) alone (the data order
 and augmentation, see ``DataLoader``; dropout, drop-path and mix-token boxes, because minivolo's
@@ -28,12 +22,9 @@ import dataclasses
 import io
 import json
 import math
-import os
 import time
-import zipfile
-import zlib
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -41,309 +32,22 @@ from tqdm import tqdm
 
 from . import backend
 from . import functional as F
+from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, write_text  # noqa: F401
 from .datasets import (ArrayDataset, Compose, DataLoader, Normalize, RandomCrop, RandomHorizontalFlip, Resize,
                        read_image, load_dataset)
 from .models import create_model
 from .optim import AdamW, CosineWarmup, clip_grad_norm_, param_groups_weight_decay
+from .plots import plot_confusion, plot_curves
 from .tensor import Tensor, no_grad
 
-CHECKPOINT_FORMAT = "minivolo-checkpoint-1"
+__all__ = ["TrainConfig", "train", "train_one_epoch", "evaluate", "predict", "model_from_checkpoint",
+           "save_checkpoint", "load_checkpoint", "plot_confusion"]
+
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a run depends on; saved in ``config.json`` and in every checkpoint.
-
-    The defaults train ``volo_tiny`` on the bundled Fashion-MNIST subset (10,000 train / 2,000 test
-    images, 28x28 padded to the model's 32x32): 86.8% test accuracy in about 6 minutes on 2 CPU cores.
-    Measured alternatives (same data, 2 cores): 10 epochs at lr 2e-3 reach 82.4%, 20 at 2e-3 84.1%,
-    15 at 1e-3 85.9%; without augmentation, 10 epochs at 1e-3 reach 86.6% (train 96.6%: overfitting).
-    """
-    model: str = "volo_tiny"
-    dataset: str = "fashion-mnist-subset"
-    data_dir: str | None = None        # None: the dataset's default location
-    img_size: int | None = None        # None: the model's default; images are padded/cropped to it
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3                   # peak learning rate of AdamW, reached after the warm-up
-    min_lr: float = 1e-5               # end of the cosine
-    warmup_lr: float = 1e-6            # start of the warm-up (the official recipe's --warmup-lr)
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.05         # not on biases, norms, pos_embed, cls_token
-    label_smoothing: float = 0.1
-    drop_path: float = 0.0
-    clip_grad: float | None = None     # max gradient norm; None: no clipping
-    augment: bool = True               # random crop (padding 2) + horizontal flip
-    seed: int = 0
-    device: str = "cpu"
-    out: str = "runs"
-    name: str | None = None            # None: "<model>-<date>-<time>"
-    max_train: int | None = None       # use only the first N training images (quick runs, tests)
-    max_test: int | None = None
-    eval_batch_size: int = 256
-    progress: bool = True              # progress bars and one line per epoch on the terminal
-
-    def validate(self) -> "TrainConfig":
-        positive = dict(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                        eval_batch_size=self.eval_batch_size)
-        for key, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"{key} must be > 0, got {value}")
-        for key in ("weight_decay", "warmup_epochs", "min_lr", "warmup_lr", "drop_path"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.clip_grad is not None and self.clip_grad <= 0:
-            raise ValueError(f"clip_grad must be > 0 (or None for no clipping), got {self.clip_grad}")
-        if self.seed < 0:  # numpy's SeedSequence takes no negative seeds
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        for key in ("max_train", "max_test", "img_size"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        backend.array_module(self.device)  # raises on an unknown or unavailable device
-        return self
-
-
-# --- files: atomic writes and the one checkpoint reader ---------------------------------------------
-def _atomic_write(path: Path, write: Callable) -> None:
-    """``write(f)`` into a temporary file next to ``path``, fsync it, then rename it over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"cannot store {type(o).__name__} in a checkpoint")
-
-
-def _pack(tree, name: str, arrays: dict):
-    """Move the arrays of a nested dict/list into ``arrays`` (entry -> host array); JSON-able rest."""
-    if backend.is_array(tree):
-        arrays[name] = backend.to_numpy(tree)
-        return {"__array__": name}
-    if isinstance(tree, dict):
-        return {str(k): _pack(v, f"{name}/{k}" if name else str(k), arrays) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return [_pack(v, f"{name}/{i}" if name else str(i), arrays) for i, v in enumerate(tree)]
-    return tree
-
-
-def _unpack(tree, arrays: dict):
-    if isinstance(tree, dict):
-        if set(tree) == {"__array__"}:
-            return arrays[tree["__array__"]]
-        return {k: _unpack(v, arrays) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_unpack(v, arrays) for v in tree]
-    return tree
-
-
-def save_checkpoint(path: str | Path, tree: dict) -> None:
-    """Write ``tree`` (nested dicts/lists of arrays and JSON values) as an ``.npz``, atomically."""
-    arrays: dict = {}
-    meta = _pack({"format": CHECKPOINT_FORMAT, **tree}, "", arrays)
-    entries = {**arrays, "meta": np.array(json.dumps(meta, default=_json_default))}
-    _atomic_write(Path(path), lambda f: np.savez(f, **entries))
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """The tree saved by ``save_checkpoint``; ``path`` may be a run directory (its ``last.npz``).
-
-    Raises FileNotFoundError when there is no such file, ValueError naming the file when it is
-    truncated, corrupt or not a minivolo checkpoint.
-    """
-    path = Path(path).expanduser()
-    if path.is_dir():
-        path = path / "last.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(str(arrays.pop("meta")[()]))
-        if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"expected format {CHECKPOINT_FORMAT!r}")
-        return _unpack(meta, arrays)
-    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, OSError, TypeError) as e:
-        raise ValueError(f"{path}: not a readable minivolo checkpoint (truncated or corrupt?): "
-                         f"{type(e).__name__}: {e}") from e
-
-
-# --- data ------------------------------------------------------------------------------------------
-def _subset(ds: ArrayDataset, n: int | None) -> ArrayDataset:
-    return ds if n is None or n >= len(ds) else ArrayDataset(ds.images[:n], ds.labels[:n], ds.classes)
-
-
-def _eval_transform(data: dict) -> Compose:
-    """The preprocessing of evaluation and prediction: pad/crop to img_size, normalise."""
-    return Compose([Resize(data["img_size"]), Normalize(data["mean"], data["std"])])
-
-
-def _train_transform(data: dict, augment: bool) -> Compose:
-    if not augment:
-        return _eval_transform(data)
-    size = data["img_size"]
-    return Compose([Resize(size), RandomCrop(size, padding=2), RandomHorizontalFlip(),
-                    Normalize(data["mean"], data["std"])])
-
-
-# --- model -----------------------------------------------------------------------------------------
-def _build_model(config: TrainConfig, num_classes: int, in_chans: int):
-    kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=config.drop_path)
-    if config.img_size is not None:
-        kwargs["img_size"] = config.img_size
-    return create_model(config.model, **kwargs)
-
-
-def _model_img_size(model, config: TrainConfig) -> int:
-    if config.img_size is not None:
-        return config.img_size
-    size = getattr(model, "img_size", None)
-    if size is None:
-        raise ValueError(f"model {config.model!r} does not say its img_size; set img_size in the config")
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
-
-
-def model_from_checkpoint(ckpt: dict, device: str = "cpu"):
-    """The trained model saved in ``ckpt`` (from ``load_checkpoint``), in eval mode on ``device``."""
-    config, data = TrainConfig(**ckpt["config"]), ckpt["data"]
-    model = _build_model(config, len(data["classes"]), data["in_chans"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
-
-
-# --- one epoch -------------------------------------------------------------------------------------
-def _loss(model, x, y, label_smoothing: float):
-    """Cross-entropy with label smoothing on ``model(x)``: for VOLO ``head(cls) + 0.5 * max aux_head``.
-
-    This is what timm trains when no token-labeling teacher is available. Token labeling (the paper's
-    recipe) would instead take ``cls, aux, bbox = model.forward_train(x)`` and add a dense loss of
-    ``aux`` against per-token teacher scores (mix-token boxes applied to them); that needs dense
-    targets, which the bundled data does not have.
-    """
-    logits = model(x)
-    return logits, F.cross_entropy(logits, Tensor(y), label_smoothing=label_smoothing)
-
-
-def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, config: TrainConfig,
-                    epoch: int) -> tuple[float, float, float]:
-    """One pass over ``loader``; returns (mean training loss, training accuracy, images per second)."""
-    model.train()
-    total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress,
-               leave=False, dynamic_ncols=True)
-    for x, y in bar:
-        logits, loss = _loss(model, Tensor(x), y, config.label_smoothing)
-        optimizer.zero_grad()
-        loss.backward()
-        if config.clip_grad is not None:
-            clip_grad_norm_(model.parameters(), config.clip_grad)
-        optimizer.step()
-        scheduler.step()
-        n = len(y)
-        total_loss += loss.item() * n
-        correct += int((logits.data.argmax(axis=1) == y).sum())
-        seen += n
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
-                        img_s=f"{seen / (time.perf_counter() - start):.0f}",
-                        lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    return total_loss / seen, correct / seen, seen / (time.perf_counter() - start)
-
-
-@no_grad()
-def _evaluate_loader(model, loader: DataLoader, num_classes: int) -> tuple[float, float, np.ndarray]:
-    """(mean cross-entropy, accuracy, confusion matrix (true, predicted)) of ``model`` in eval mode."""
-    model.eval()
-    total_loss, confusion = 0.0, np.zeros((num_classes, num_classes), np.int64)
-    for x, y in loader:
-        logits = model(Tensor(x))
-        total_loss += F.cross_entropy(logits, Tensor(y)).item() * len(y)
-        pred = backend.to_numpy(logits.data.argmax(axis=1))
-        confusion += np.bincount(backend.to_numpy(y) * num_classes + pred,
-                                 minlength=num_classes ** 2).reshape(num_classes, num_classes)
-    n = int(confusion.sum())
-    return total_loss / n, float(np.trace(confusion)) / n, confusion
-
-
-# --- outputs ---------------------------------------------------------------------------------------
-def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(metrics)
-    _write_text(run_dir / "metrics.csv", buf.getvalue())
-
-
-def _figure(**kwargs):
-    """A matplotlib Figure outside pyplot: it renders with Agg to files and leaves the user's backend
-    (a notebook's, say) alone. Imported here, on first use: matplotlib takes a while to import."""
-    from matplotlib.figure import Figure
-    return Figure(**kwargs)
-
-
-def _save_figure(fig, path: Path) -> None:
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-
-
-def _plot_curves(run_dir: Path, metrics: list[dict]) -> None:
-    epochs = [m["epoch"] for m in metrics]
-    fig = _figure(figsize=(10, 4))
-    axes = fig.subplots(1, 2)
-    for ax, what in zip(axes, ("loss", "acc")):
-        ax.plot(epochs, [m[f"train_{what}"] for m in metrics], "o-", label="train")
-        ax.plot(epochs, [m[f"test_{what}"] for m in metrics], "s-", label="test")
-        ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_ylabel("cross-entropy" if what == "loss" else "accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    axes[0].set_title("loss (train: with label smoothing, augmented)")
-    axes[1].set_title("accuracy")
-    fig.tight_layout()
-    _save_figure(fig, run_dir / "curves.png")
-
-
-def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "") -> None:
-    """A confusion matrix (rows: true class, columns: predicted) as a png, counts in the cells."""
-    k = len(classes)
-    fig = _figure(figsize=(1.0 + 0.6 * k, 0.8 + 0.6 * k))
-    ax = fig.subplots()
-    ax.imshow(confusion, cmap="Blues")
-    ax.set_xticks(range(k), classes, rotation=45, ha="right")
-    ax.set_yticks(range(k), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if k <= 20:
-        limit = confusion.max() / 2
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if confusion[i, j] > limit else "black")
-    ax.set_title(title)
-    fig.tight_layout()
-    _save_figure(fig, Path(path))
-
-
-# --- the loop --------------------------------------------------------------------------------------
 RESUME_OVERRIDES = ("device", "progress")
 
 
+# --- the loop --------------------------------------------------------------------------------------
 def train(config: TrainConfig | dict | None = None, resume: str | Path | None = None, **overrides) -> dict:
     """Train (or, with ``resume``, continue training) a model; returns a summary.
 
@@ -411,7 +115,7 @@ def _fit(config: TrainConfig, run_dir: Path, ckpt: dict | None) -> dict:
         metrics = ckpt["metrics"]
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     best_acc = max((m["test_acc"] for m in metrics), default=-math.inf)
 
     if config.progress:
@@ -434,13 +138,122 @@ def _fit(config: TrainConfig, run_dir: Path, ckpt: dict | None) -> dict:
             best_acc = test_acc
             save_checkpoint(run_dir / "best.npz", state)
         _write_metrics(run_dir, metrics)
-        _plot_curves(run_dir, metrics)
+        plot_curves(run_dir, metrics)
         if config.progress:
             m = metrics[-1]
             print(f"epoch {m['epoch']:3d}/{config.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
                   f"test loss {test_loss:.4f} acc {test_acc:.4f}  lr {m['lr']:.2e}  "
                   f"{m['seconds']:.1f}s (training {speed:.0f} img/s)")
     return dict(run_dir=run_dir, metrics=metrics, best_acc=best_acc, model=model)
+
+
+# --- one epoch and evaluation ----------------------------------------------------------------------
+def _loss(model, x, y, label_smoothing: float):
+    """Cross-entropy with label smoothing on ``model(x)``: for VOLO ``head(cls) + 0.5 * max aux_head``.
+
+    This is what timm trains when no token-labeling teacher is available. Token labeling (the paper's
+    recipe) would instead take ``cls, aux, bbox = model.forward_train(x)`` and add a dense loss of
+    ``aux`` against per-token teacher scores (mix-token boxes applied to them); that needs dense
+    targets, which the bundled data does not have.
+    """
+    logits = model(x)
+    return logits, F.cross_entropy(logits, Tensor(y), label_smoothing=label_smoothing)
+
+
+def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, config: TrainConfig,
+                    epoch: int) -> tuple[float, float, float]:
+    """One pass over ``loader``; returns (mean training loss, training accuracy, images per second)."""
+    model.train()
+    total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress,
+               leave=False, dynamic_ncols=True)
+    for x, y in bar:
+        logits, loss = _loss(model, Tensor(x), y, config.label_smoothing)
+        optimizer.zero_grad()
+        loss.backward()
+        if config.clip_grad is not None:
+            clip_grad_norm_(model.parameters(), config.clip_grad)
+        optimizer.step()
+        scheduler.step()
+        n = len(y)
+        total_loss += loss.item() * n
+        correct += int((logits.data.argmax(axis=1) == y).sum())
+        seen += n
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
+                        img_s=f"{seen / (time.perf_counter() - start):.0f}",
+                        lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    return total_loss / seen, correct / seen, seen / (time.perf_counter() - start)
+
+
+@no_grad()
+def _evaluate_loader(model, loader: DataLoader, num_classes: int) -> tuple[float, float, np.ndarray]:
+    """(mean cross-entropy, accuracy, confusion matrix (true, predicted)) of ``model`` in eval mode."""
+    model.eval()
+    total_loss, confusion = 0.0, np.zeros((num_classes, num_classes), np.int64)
+    for x, y in loader:
+        logits = model(Tensor(x))
+        total_loss += F.cross_entropy(logits, Tensor(y)).item() * len(y)
+        pred = backend.to_numpy(logits.data.argmax(axis=1))
+        confusion += np.bincount(backend.to_numpy(y) * num_classes + pred,
+                                 minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    n = int(confusion.sum())
+    return total_loss / n, float(np.trace(confusion)) / n, confusion
+
+
+# --- the configuration ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run depends on; saved in ``config.json`` and in every checkpoint.
+
+    The defaults train ``volo_tiny`` on the bundled Fashion-MNIST subset (10,000 train / 2,000 test
+    images, 28x28 padded to the model's 32x32): 86.8% test accuracy in about 6 minutes on 2 CPU cores.
+    Measured alternatives (same data, 2 cores): 10 epochs at lr 2e-3 reach 82.4%, 20 at 2e-3 84.1%,
+    15 at 1e-3 85.9%; without augmentation, 10 epochs at 1e-3 reach 86.6% (train 96.6%: overfitting).
+    """
+    model: str = "volo_tiny"
+    dataset: str = "fashion-mnist-subset"
+    data_dir: str | None = None        # None: the dataset's default location
+    img_size: int | None = None        # None: the model's default; images are padded/cropped to it
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3                   # peak learning rate of AdamW, reached after the warm-up
+    min_lr: float = 1e-5               # end of the cosine
+    warmup_lr: float = 1e-6            # start of the warm-up (the official recipe's --warmup-lr)
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05         # not on biases, norms, pos_embed, cls_token
+    label_smoothing: float = 0.1
+    drop_path: float = 0.0
+    clip_grad: float | None = None     # max gradient norm; None: no clipping
+    augment: bool = True               # random crop (padding 2) + horizontal flip
+    seed: int = 0
+    device: str = "cpu"
+    out: str = "runs"
+    name: str | None = None            # None: "<model>-<date>-<time>"
+    max_train: int | None = None       # use only the first N training images (quick runs, tests)
+    max_test: int | None = None
+    eval_batch_size: int = 256
+    progress: bool = True              # progress bars and one line per epoch on the terminal
+
+    def validate(self) -> "TrainConfig":
+        positive = dict(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                        eval_batch_size=self.eval_batch_size)
+        for key, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{key} must be > 0, got {value}")
+        for key in ("weight_decay", "warmup_epochs", "min_lr", "warmup_lr", "drop_path"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise ValueError(f"clip_grad must be > 0 (or None for no clipping), got {self.clip_grad}")
+        if self.seed < 0:  # numpy's SeedSequence takes no negative seeds
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        for key in ("max_train", "max_test", "img_size"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        backend.array_module(self.device)  # raises on an unknown or unavailable device
+        return self
 
 
 # --- using a trained model -------------------------------------------------------------------------
@@ -524,3 +337,55 @@ def predict(checkpoint: str | Path, images: Sequence, topk: int = 5, device: str
     k = min(topk, probs.shape[1])
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [[(data["classes"][j], float(p[j])) for j in row] for p, row in zip(probs, top)]
+
+
+# --- data ------------------------------------------------------------------------------------------
+def _subset(ds: ArrayDataset, n: int | None) -> ArrayDataset:
+    return ds if n is None or n >= len(ds) else ArrayDataset(ds.images[:n], ds.labels[:n], ds.classes)
+
+
+def _eval_transform(data: dict) -> Compose:
+    """The preprocessing of evaluation and prediction: pad/crop to img_size, normalise."""
+    return Compose([Resize(data["img_size"]), Normalize(data["mean"], data["std"])])
+
+
+def _train_transform(data: dict, augment: bool) -> Compose:
+    if not augment:
+        return _eval_transform(data)
+    size = data["img_size"]
+    return Compose([Resize(size), RandomCrop(size, padding=2), RandomHorizontalFlip(),
+                    Normalize(data["mean"], data["std"])])
+
+
+# --- model -----------------------------------------------------------------------------------------
+def _build_model(config: TrainConfig, num_classes: int, in_chans: int):
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=config.drop_path)
+    if config.img_size is not None:
+        kwargs["img_size"] = config.img_size
+    return create_model(config.model, **kwargs)
+
+
+def _model_img_size(model, config: TrainConfig) -> int:
+    if config.img_size is not None:
+        return config.img_size
+    size = getattr(model, "img_size", None)
+    if size is None:
+        raise ValueError(f"model {config.model!r} does not say its img_size; set img_size in the config")
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def model_from_checkpoint(ckpt: dict, device: str = "cpu"):
+    """The trained model saved in ``ckpt`` (from ``load_checkpoint``), in eval mode on ``device``."""
+    config, data = TrainConfig(**ckpt["config"]), ckpt["data"]
+    model = _build_model(config, len(data["classes"]), data["in_chans"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+# --- outputs ---------------------------------------------------------------------------------------
+def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(metrics)
+    write_text(run_dir / "metrics.csv", buf.getvalue())

@@ -12,7 +12,9 @@ import numpy as np
 
 import minivolo as mv
 
-torch = __import__("pytest").importorskip("torch")
+torch = __import__("pytest").importorskip(
+    "torch", reason="this module compares minivolo with torch (the test oracle), which is not installed: "
+    "pip install 'minivolo[test]'; the checks that need no torch are in the test_*_math.py files")
 
 TOL = {np.float64: dict(atol=1e-10, rtol=1e-10), np.float32: dict(atol=1e-5, rtol=1e-4)}
 

@@ -414,7 +414,7 @@ def test_cifar_wrong_files_are_value_errors(tmp_path, files, message):
 
 
 def test_loader_batch_larger_than_dataset_matches_torch():
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="compares with torch (the test oracle), which is not installed")
     for n, batch_size, drop_last in [(5, 8, False), (5, 8, True), (5, 5, True), (7, 3, False), (7, 3, True)]:
         ours = DataLoader(_toy(n), batch_size=batch_size, shuffle=True, drop_last=drop_last)
         theirs = torch.utils.data.DataLoader(list(range(n)), batch_size=batch_size, drop_last=drop_last)

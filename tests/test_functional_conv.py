@@ -1,8 +1,8 @@
-"""unfold, fold, conv2d, the pools, pad and interpolate: finite differences, PyTorch, and the adjoint identity.
+"""unfold, fold, conv2d, the pools, pad and interpolate against PyTorch (the oracle).
 
-Every op is checked three ways: ``gradcheck`` in float64 on small shapes; against ``torch.nn.functional``
-(values and every input gradient) in float64 and float32 over many argument combinations; and, for the
-unfold/fold pair, the identity <unfold(x), y> = <x, fold(y)> that makes each one the other's backward.
+Values and every input gradient against ``torch.nn.functional``, in float64 and float32 over many argument
+combinations, zero-size batches included. Finite differences, the adjoint identity, conv2d = unfold + matmul,
+dtypes and errors need no torch: they are in test_conv_math.py.
 """
 import itertools
 
@@ -13,48 +13,18 @@ from hypothesis import strategies as st
 from oracle import check_against_torch, torch
 
 import minivolo as mv
-from minivolo import bench, gradcheck
 from minivolo import functional as F
 from minivolo.functional import conv
+from test_conv_math import DTYPES, EMPTY_BATCH, WINDOWS, blocks_shape, randn, unfold_args
 
 TF = torch.nn.functional
-DTYPES = [np.float64, np.float32]
-
-
-def randn(*shape, dtype=np.float64, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
-
-
-def leaf(*shape, seed=0):
-    """A float64 leaf for gradcheck."""
-    return mv.Tensor(randn(*shape, seed=seed), requires_grad=True)
 
 
 # --- unfold / fold ---------------------------------------------------------------------------------
-# (input shape, kernel_size, dilation, padding, stride)
-WINDOWS = [
-    ((2, 3, 7, 7), 3, 1, 1, 2),                      # VOLO's outlooker: k3 p1 s2 on an odd size
-    ((1, 2, 8, 6), 3, 1, 1, 1),                      # batch 1, overlapping windows
-    ((2, 2, 9, 7), (3, 2), 1, 0, 1),                 # non-square kernel
-    ((2, 3, 10, 9), 3, 2, 2, 1),                     # dilation
-    ((1, 2, 9, 11), (2, 3), (2, 1), (1, 2), (2, 3)),  # everything non-square
-    ((2, 2, 8, 8), 2, 1, 0, 2),                      # patchify: disjoint windows that tile the image
-    ((2, 2, 7, 8), 2, 1, 0, 3),                      # stride past the kernel: gaps between windows
-    ((1, 3, 5, 5), 1, 1, 0, 1),                      # 1x1: a free view
-    ((2, 2, 6, 6), 4, 1, 0, 3),                      # partial overlap
-    ((1, 2, 7, 5), 3, 1, 1, (1, 3)),
-]
-
-
-def unfold_args(case):
-    _, k, d, p, s = case
-    return dict(kernel_size=k, dilation=d, padding=p, stride=s)
-
-
-def blocks_shape(case):
-    """The shape of unfold's output for ``case`` (fold's input), from torch."""
-    shape = case[0]
-    return tuple(TF.unfold(torch.zeros(shape, dtype=torch.float64), **unfold_args(case)).shape)
+@pytest.mark.parametrize("case", WINDOWS)
+def test_blocks_shape_is_torchs(case):
+    """The no-torch tests compute fold's input shape by torch's formula: check it against torch."""
+    assert blocks_shape(case) == tuple(TF.unfold(torch.zeros(case[0]), **unfold_args(case)).shape)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -70,16 +40,6 @@ def test_fold_matches_torch(case, dtype):
     args, size = unfold_args(case), case[0][2:]
     check_against_torch(lambda y: F.fold(y, size, **args), lambda y: TF.fold(y, size, **args),
                         [randn(*blocks_shape(case), dtype=dtype)])
-
-
-@pytest.mark.parametrize("case", WINDOWS)
-def test_unfold_fold_adjoint(case):
-    """<unfold(x), y> == <x, fold(y)>: fold is unfold's transpose, hence its backward (and vice versa)."""
-    args = unfold_args(case)
-    x, y = randn(*case[0], seed=1), randn(*blocks_shape(case), seed=2)
-    lhs = float((F.unfold(mv.Tensor(x), **args).data * y).sum())
-    rhs = float((x * F.fold(mv.Tensor(y), case[0][2:], **args).data).sum())
-    assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs))
 
 
 @settings(max_examples=30, deadline=None)
@@ -100,20 +60,6 @@ def test_unfold_fold_property(b, c, h, w, kh, kw, dh, dw, ph, pw, sh, sw):
     folded = F.fold(mv.Tensor(y), (h, w), **args).data
     np.testing.assert_allclose(folded, TF.fold(torch.from_numpy(y), (h, w), **args).numpy(), rtol=1e-12, atol=1e-12)
     assert abs((cols * y).sum() - (x * folded).sum()) <= 1e-12 * max(1.0, abs((cols * y).sum()))
-
-
-def test_unfold_fold_gradcheck():
-    args = dict(kernel_size=(2, 3), dilation=1, padding=1, stride=(2, 1))
-    gradcheck(lambda x: F.unfold(x, **args), leaf(1, 2, 5, 4))
-    gradcheck(lambda y: F.fold(y, (5, 4), **args), leaf(1, 12, 12))
-
-
-def test_unfold_channel_major_order():
-    """Row c*kh*kw + i*kw + j of unfold holds channel c at kernel offset (i, j)."""
-    x = np.arange(2 * 4 * 5, dtype=np.float64).reshape(1, 2, 4, 5)
-    cols = F.unfold(mv.Tensor(x), (2, 3)).data.reshape(2, 2, 3, 3, 3)  # (C, kh, kw, oh, ow)
-    for c, i, j in itertools.product(range(2), range(2), range(3)):
-        np.testing.assert_array_equal(cols[c, i, j], x[0, c, i:i + 3, j:j + 3])
 
 
 # --- conv2d ----------------------------------------------------------------------------------------
@@ -144,12 +90,6 @@ def test_conv2d_matches_torch(case, dtype):
     if with_bias:
         arrays.append(randn(wshape[0], dtype=dtype, seed=3))
     check_against_torch(lambda *a: F.conv2d(*a, **kwargs), lambda *a: TF.conv2d(*a, **kwargs), arrays)
-
-
-def test_conv2d_gradcheck():
-    kwargs = dict(stride=(1, 2), padding=1, dilation=(2, 1), groups=2)
-    gradcheck(lambda x, w, b: F.conv2d(x, w, b, **kwargs), leaf(2, 2, 5, 4, seed=1), leaf(4, 1, 3, 2, seed=2),
-              leaf(4, seed=3))
 
 
 def test_conv2d_skips_input_gradient(monkeypatch):
@@ -226,13 +166,6 @@ def test_max_pool2d_nan_wins():
     check_against_torch(lambda t: F.max_pool2d(t, 3, 2, 1), lambda t: TF.max_pool2d(t, 3, 2, 1), [x])
 
 
-def test_pool_gradcheck():
-    gradcheck(lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), leaf(1, 2, 6, 5))
-    gradcheck(lambda x: F.avg_pool2d(x, 2, ceil_mode=True), leaf(1, 2, 5, 5))
-    gradcheck(lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True), leaf(1, 2, 6, 5))
-    gradcheck(lambda x: F.max_pool2d(x, (2, 3), 1, dilation=(2, 1)), leaf(1, 2, 5, 5))
-
-
 # --- pad -------------------------------------------------------------------------------------------
 # (input shape, mode, pad, value)
 PADS = [
@@ -257,11 +190,6 @@ def test_pad_matches_torch(shape, mode, amounts, value, dtype):
                         [randn(*shape, dtype=dtype)])
 
 
-def test_pad_gradcheck():
-    gradcheck(lambda x: F.pad(x, (2, 1, 1, 2), mode="reflect"), leaf(1, 2, 4, 5))
-    gradcheck(lambda x: F.pad(x, (1, -2, -1, 2), value=0.5), leaf(1, 2, 4, 5))
-
-
 # --- interpolate -----------------------------------------------------------------------------------
 # (input H, W, keyword arguments besides mode/align_corners)
 RESIZES = [
@@ -284,100 +212,6 @@ def test_interpolate_matches_torch(size, kwargs, mode, align_corners, dtype):
     kwargs = dict(kwargs, mode=mode, align_corners=align_corners)
     check_against_torch(lambda x: F.interpolate(x, **kwargs), lambda x: TF.interpolate(x, **kwargs),
                         [randn(2, 3, *size, dtype=dtype)])
-
-
-def test_interpolate_gradcheck():
-    gradcheck(lambda x: F.interpolate(x, size=(7, 3), mode="bicubic"), leaf(1, 2, 4, 5))
-    gradcheck(lambda x: F.interpolate(x, scale_factor=1.5, mode="bilinear", align_corners=True), leaf(1, 2, 4, 5))
-    gradcheck(lambda x: F.interpolate(x, size=(3, 8), mode="nearest"), leaf(1, 2, 4, 5))
-
-
-# --- dtypes ----------------------------------------------------------------------------------------
-OPS = {
-    "unfold": (lambda x: F.unfold(x, 3, padding=1, stride=2), (1, 2, 5, 5)),
-    "fold": (lambda x: F.fold(x, (5, 5), 3, padding=1, stride=2), (1, 18, 9)),
-    "conv2d": (lambda x: F.conv2d(x, mv.Tensor(randn(3, 2, 3, 3, dtype=np.float32), requires_grad=True),
-                                  mv.Tensor(randn(3, dtype=np.float32), requires_grad=True), padding=1), (1, 2, 5, 5)),
-    "avg_pool2d": (lambda x: F.avg_pool2d(x, 2, ceil_mode=True), (1, 2, 5, 5)),
-    "max_pool2d": (lambda x: F.max_pool2d(x, 3, 2, 1), (1, 2, 5, 5)),
-    "pad": (lambda x: F.pad(x, (1, 1, 2, 0), mode="reflect"), (1, 2, 5, 5)),
-    "interpolate": (lambda x: F.interpolate(x, size=(8, 3), mode="bicubic"), (1, 2, 5, 5)),
-}
-
-
-@pytest.mark.parametrize("name", OPS)
-def test_float32_stays_float32(name):
-    fn, shape = OPS[name]
-    x = mv.Tensor(randn(*shape, dtype=np.float32), requires_grad=True)
-    out = fn(x)
-    out.backward(np.ones(out.shape, np.float32))
-    assert out.dtype == np.float32 and x.grad.dtype == np.float32
-
-
-# --- bad arguments ---------------------------------------------------------------------------------
-IMAGE = mv.Tensor(np.zeros((1, 2, 5, 5)))
-
-
-@pytest.mark.parametrize("call, message", [
-    (lambda: F.unfold(mv.Tensor(np.zeros((3, 4))), 2),
-     r"unfold: input must be 4-D \(B, C, H, W\) or 3-D \(C, H, W\), got shape \(3, 4\)"),
-    (lambda: F.unfold(IMAGE, 0), "unfold: kernel_size must be positive, got 0"),
-    (lambda: F.unfold(IMAGE, (3,)), "unfold: kernel_size must be an int or a pair of ints"),
-    (lambda: F.unfold(IMAGE, 2.5), "unfold: kernel_size must be an int or a pair of ints"),
-    (lambda: F.unfold(IMAGE, 2, padding=-1), "unfold: padding must be non-negative"),
-    (lambda: F.unfold(IMAGE, 2, stride=0), "unfold: stride must be positive"),
-    (lambda: F.unfold(IMAGE, 2, dilation=(1, 0)), "unfold: dilation must be positive"),
-    (lambda: F.unfold(IMAGE, 4, dilation=2), r"unfold: kernel_size 4 with dilation 2 spans 7 pixels, more than "
-                                             r"the padded input's height 5 \+ 0 \+ 0 = 5"),
-    (lambda: F.fold(mv.Tensor(np.zeros(18)), (5, 5), 3), r"fold: input must be 3-D .* or 2-D \(C\*kh\*kw, L\)"),
-    (lambda: F.fold(mv.Tensor(np.zeros((1, 18, 8))), (5, 5), 3, padding=1, stride=2),
-     r"fold: input has L = 8 blocks, but output_size \(5, 5\) .* yields 3\*3 = 9 blocks"),
-    (lambda: F.fold(mv.Tensor(np.zeros((1, 10, 9))), (5, 5), 3), r"fold: input.shape\[1\] = 10 must be divisible "
-                                                                  r"by the kernel_size product 3\*3 = 9"),
-    (lambda: F.fold(mv.Tensor(np.zeros((1, 9, 9))), (0, 5), 3), "fold: output_size must be positive"),
-    (lambda: F.conv2d(IMAGE, mv.Tensor(np.zeros((4, 3, 3, 3)))),
-     r"conv2d: weight \(4, 3, 3, 3\) expects C/groups = 3 channels per group, so 3 input channels with "
-     r"groups=1; input has 2"),
-    (lambda: F.conv2d(IMAGE, mv.Tensor(np.zeros((3, 1, 3, 3))), groups=2), "conv2d: weight.shape\\[0\\] = 3 .* groups=2"),
-    (lambda: F.conv2d(IMAGE, mv.Tensor(np.zeros((4, 2, 3)))), "conv2d: weight must be 4-D"),
-    (lambda: F.conv2d(IMAGE, mv.Tensor(np.zeros((4, 2, 3, 3))), groups=0), "conv2d: groups must be a positive int"),
-    (lambda: F.conv2d(IMAGE, mv.Tensor(np.zeros((4, 2, 3, 3))), mv.Tensor(np.zeros(3))),
-     r"conv2d: bias must have shape \(4,\)"),
-    (lambda: F.conv2d(IMAGE, mv.Tensor(np.zeros((4, 2, 3, 3), np.float32))), "conv2d: weight dtype float32"),
-    (lambda: F.conv2d(IMAGE, mv.Tensor(np.zeros((4, 2, 3, 3))), padding="same", stride=2),
-     "conv2d: padding='same' needs stride 1"),
-    (lambda: F.conv2d(IMAGE, mv.Tensor(np.zeros((4, 2, 3, 3))), padding="full"),
-     "conv2d: padding must be an int, a pair, 'valid' or 'same'"),
-    (lambda: F.avg_pool2d(IMAGE, 3, padding=2), "avg_pool2d: padding must be at most half the"),
-    (lambda: F.avg_pool2d(IMAGE, 2, divisor_override=0), "avg_pool2d: divisor_override must be a non-zero int"),
-    (lambda: F.max_pool2d(IMAGE, 2, padding=2), "max_pool2d: padding must be at most half the"),
-    (lambda: F.max_pool2d(mv.Tensor(np.zeros((5, 5))), 2), r"max_pool2d: input must be 4-D"),
-    (lambda: F.pad(IMAGE, (1, 2, 3)), "pad: pad must be an even-length sequence"),
-    (lambda: F.pad(IMAGE, (5, 0), mode="reflect"), r"pad: reflect padding must be smaller than the dim"),
-    (lambda: F.pad(IMAGE, (1, 1), mode="wrap"), "pad: mode must be"),
-    (lambda: F.pad(IMAGE, (1, 1), mode="reflect", value=2.0), "pad: mode 'reflect' takes no value"),
-    (lambda: F.pad(IMAGE, (-3, -3)), r"pad: padding \(-3, -3\) of dim 3 \(size 5\) leaves size -1"),
-    (lambda: F.interpolate(IMAGE, size=3, scale_factor=2), "interpolate: give exactly one of size and scale_factor"),
-    (lambda: F.interpolate(IMAGE), "interpolate: give exactly one of size and scale_factor"),
-    (lambda: F.interpolate(IMAGE, size=3, align_corners=True), "interpolate: align_corners can only be set"),
-    (lambda: F.interpolate(IMAGE, size=3, mode="trilinear"), "interpolate: mode must be one of"),
-    (lambda: F.interpolate(IMAGE, scale_factor=-1.0), "interpolate: scale_factor must be a positive"),
-    (lambda: F.interpolate(IMAGE, size=(3, 0)), "interpolate: size must be positive"),
-])
-def test_bad_arguments(call, message):
-    with pytest.raises(ValueError, match=message):
-        call()
-
-
-# --- bench -----------------------------------------------------------------------------------------
-def test_bench_run_reports_rows(monkeypatch, capsys):
-    calls = []
-    monkeypatch.setitem(bench.BENCHMARKS, "noop", lambda: (lambda: calls.append(1), None))
-    rows = bench.run(["noop"], repeat=3, threads_note=False)
-    assert rows[0]["name"] == "noop" and rows[0]["torch_ms"] is None and len(calls) == 4
-    assert "noop" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="unknown benchmark"):
-        bench.run(["nope"])
 
 
 # --- regressions: behaviour that once differed from PyTorch ------------------------------------------
@@ -409,12 +243,21 @@ def test_circular_pad_with_negative_amounts_wraps_the_cropped_input(amounts):
         F.pad(mv.Tensor(randn(1, 1, 5)), (2, -4), mode="circular")
 
 
-def test_bench_volo_tiny_step_matches_timm_when_importable():
-    """The whole-model benchmark runs a real step; with timm importable (through the test shim) its
-    reference is the same network: the same parameter count."""
-    from timm_shim import import_timm
-    import_timm()
-    ours, theirs = bench.BENCHMARKS["volo_tiny_step"]()
-    ours()
-    assert all(p.grad is not None for p in ours.model.parameters())
-    assert sum(p.numel() for p in theirs.model.parameters()) == ours.model.num_parameters() == 935_190
+EMPTY_BATCH_TORCH = {  # torch's side of test_conv_math.EMPTY_BATCH
+    "unfold": lambda x: TF.unfold(x, 3, padding=1, stride=2),
+    "fold": lambda x: TF.fold(x, (5, 5), 3, padding=1, stride=2),
+    "conv2d": lambda x: TF.conv2d(x, torch.from_numpy(randn(3, 2, 3, 3)), padding=1),
+    "avg_pool2d": lambda x: TF.avg_pool2d(x, 2, ceil_mode=True),
+    "max_pool2d": lambda x: TF.max_pool2d(x, 3, 2, 1),
+    "pad": lambda x: TF.pad(x, (1, 1, 2, 0)),
+    "pad reflect": lambda x: TF.pad(x, (1, 1, 2, 0), mode="reflect"),
+    "interpolate": lambda x: TF.interpolate(x, size=(3, 4), mode="bilinear"),
+}
+
+
+@pytest.mark.parametrize("name", EMPTY_BATCH)
+def test_empty_batch_like_torch(name):
+    """A (0, C, H, W) batch: empty outputs of torch's shape, empty input gradients."""
+    fn, shape, out_shape = EMPTY_BATCH[name]
+    out, = check_against_torch(fn, EMPTY_BATCH_TORCH[name], [np.zeros(shape)])
+    assert out.shape == out_shape

@@ -1,4 +1,6 @@
-"""minivolo.nn: Module bookkeeping, the layers against torch.nn, state_dict exchange, initialisation."""
+"""minivolo.nn against torch.nn: names, reprs, state_dict exchange, layers, initialisation.
+
+Module bookkeeping and the checks that need no torch: test_nn_math.py."""
 import math
 
 import numpy as np
@@ -8,27 +10,9 @@ import minivolo as mv
 from minivolo import nn
 from minivolo.nn import init
 from oracle import tol, torch
+from test_nn_math import image, make_net
 
 tnn = torch.nn
-
-
-def make_net(m):
-    """The same network in minivolo (m = minivolo.nn) or PyTorch (m = torch.nn):
-    Conv-BN-ReLU features, global average pool, LayerNorm, Linear head: (N, 3, H, W) -> (N, 5)."""
-    class Net(m.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = m.Sequential(m.Conv2d(3, 4, 3, padding=1), m.BatchNorm2d(4), m.ReLU())
-            self.norm = m.LayerNorm(4)
-            self.head = m.Linear(4, 5)
-
-        def forward(self, x):
-            return self.head(self.norm(self.features(x).mean(axis=(2, 3))))
-    return Net()
-
-
-def image(dtype, seed=0):
-    return np.random.default_rng(seed).standard_normal((2, 3, 5, 5)).astype(dtype)
 
 
 # --- Module bookkeeping ------------------------------------------------------------------------
@@ -42,30 +26,6 @@ def test_names_match_torch():
     assert model.state_dict()["features.1.num_batches_tracked"].dtype == np.int64
     assert model.state_dict()["features.1.num_batches_tracked"].shape == ()
     assert model.num_parameters() == sum(p.numel() for p in tmodel.parameters())
-
-
-def test_train_eval_zero_grad_and_dtype():
-    model = make_net(nn)
-    assert all(m.training for m in model.modules())
-    model.eval()
-    assert not any(m.training for m in model.modules())
-    model.train()
-    assert all(m.training for m in model.modules())
-    model(mv.Tensor(image(np.float32))).sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
-    model.zero_grad()
-    assert all(p.grad is None for p in model.parameters())
-    model.double()
-    assert all(p.dtype == np.float64 for p in model.parameters())
-    assert model.features[1].running_var.dtype == np.float64
-    assert model.features[1].num_batches_tracked.dtype == np.int64  # integers are not cast
-    assert model(mv.Tensor(image(np.float64))).dtype == np.float64
-
-
-def test_buffer_reassignment_keeps_it_a_buffer():
-    bn = nn.BatchNorm2d(2)
-    bn.running_mean = mv.Tensor(np.full(2, 3.0, np.float32))
-    assert "running_mean" in bn.state_dict() and bn.state_dict()["running_mean"][0] == 3
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -94,19 +54,6 @@ def test_state_dict_round_trip_with_torch(dtype):
                                    **tol(dtype))
 
 
-def test_load_state_dict_reports_every_problem_at_once():
-    model = make_net(nn)
-    state = model.state_dict()
-    del state["head.bias"]
-    state["head.extra"] = np.zeros(3)
-    state["norm.weight"] = np.zeros(7)
-    with pytest.raises(ValueError) as info:
-        model.load_state_dict(state)
-    message = str(info.value)
-    assert "'head.bias'" in message and "'head.extra'" in message and "norm.weight" in message
-    assert "(4,)" in message and "(7,)" in message
-
-
 # --- layers against torch.nn -------------------------------------------------------------------
 REPRS = [
     (lambda m: m.Linear(3, 4), lambda m: m.Linear(3, 4, bias=False)),
@@ -129,10 +76,6 @@ def test_repr_and_parameters_match_torch(make):
         {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
 
 
-def test_drop_path_repr():
-    assert repr(nn.DropPath(0.1)) == "DropPath(drop_prob=0.100)"  # as timm
-
-
 @pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("track", [True, False])
 def test_batchnorm2d_module_over_several_steps(momentum, track):
@@ -149,14 +92,6 @@ def test_batchnorm2d_module_over_several_steps(momentum, track):
                                **tol(np.float32))
 
 
-def test_dropout_and_drop_path_modules_follow_the_mode():
-    x = mv.Tensor(np.ones((64, 8), np.float32))
-    for layer in (nn.Dropout(0.5), nn.DropPath(0.5)):
-        assert np.any(layer(x).numpy() == 0)
-        layer.eval()
-        assert layer(x) is x
-
-
 def test_avg_pool_module_matches_torch():
     x = image(np.float32)
     np.testing.assert_allclose(nn.AvgPool2d(3, 2, 1, count_include_pad=False)(mv.Tensor(x)).numpy(),
@@ -165,53 +100,6 @@ def test_avg_pool_module_matches_torch():
 
 
 # --- initialisation ----------------------------------------------------------------------------
-def normal_cdf(v):
-    return (1 + math.erf(v / math.sqrt(2))) / 2
-
-
-def truncated_normal_moments(mean, std, a, b):
-    """Mean and standard deviation of N(mean, std^2) truncated to [a, b]."""
-    alpha, beta = (a - mean) / std, (b - mean) / std
-    pdf = lambda v: math.exp(-v * v / 2) / math.sqrt(2 * math.pi)  # noqa: E731
-    z = normal_cdf(beta) - normal_cdf(alpha)
-    m = (pdf(alpha) - pdf(beta)) / z
-    var = 1 + (alpha * pdf(alpha) - beta * pdf(beta)) / z - m * m
-    return mean + std * m, std * math.sqrt(var)
-
-
-@pytest.mark.parametrize("mean,std,a,b", [(0.0, 0.02, -2.0, 2.0), (0.5, 1.0, -1.0, 1.5), (0.0, 1.0, 1.0, 3.0)])
-def test_trunc_normal_distribution(mean, std, a, b):
-    n = 200_000
-    x = init.trunc_normal_(mv.Tensor(np.empty(n, np.float32)), mean, std, a, b).numpy()
-    assert x.dtype == np.float32 and np.all((x >= a) & (x <= b))
-    m, s = truncated_normal_moments(mean, std, a, b)
-    assert abs(x.mean() - m) < 5 * s / math.sqrt(n)
-    assert abs(x.std() - s) < 0.01 * s
-    # the whole distribution: the empirical CDF within the 99.9% DKW band of the truncated normal's CDF
-    lo, hi = max(a, mean - 4 * std), min(b, mean + 4 * std)
-    points = np.linspace(lo, hi, 41)
-    low = normal_cdf((a - mean) / std)
-    expected = [(normal_cdf((p - mean) / std) - low) / (normal_cdf((b - mean) / std) - low) for p in points]
-    assert np.abs((x[:, None] <= points).mean(axis=0) - expected).max() < math.sqrt(math.log(2 / 1e-3) / (2 * n))
-
-
-def test_erfinv_is_accurate():
-    y = np.concatenate([np.linspace(-1, 1, 20001)[1:-1], 1 - np.logspace(-16, -1, 200), np.logspace(-300, -1, 50)])
-    np.testing.assert_allclose(init._erfinv(y), torch.erfinv(torch.from_numpy(y)).numpy(), rtol=2e-15, atol=0)
-    assert init._erfinv(np.array([-1.0, 1.0, 0.0])).tolist() == [-np.inf, np.inf, 0.0]
-
-
-@pytest.mark.parametrize("make,fan_in", [(lambda: nn.Linear(50, 30), 50), (lambda: nn.Conv2d(8, 16, 3, groups=2), 36)])
-def test_default_init_bounds(make, fan_in):
-    layer = make()
-    bound = 1 / math.sqrt(fan_in)  # kaiming_uniform_(a=sqrt 5) reduces to U(+-1/sqrt(fan_in))
-    for p in (layer.weight, layer.bias):
-        v = p.numpy()
-        assert np.all(np.abs(v) <= bound) and p.dtype == np.float32
-    w = layer.weight.numpy()
-    assert np.abs(w).max() > 0.9 * bound and abs(w.std() - bound / math.sqrt(3)) < 0.1 * bound
-
-
 def test_fans_gains_and_uniform_inits_match_torch():
     for shape in [(30, 50), (16, 4, 3, 3), (6, 2, 5)]:
         assert init._calculate_fan_in_and_fan_out(mv.Tensor(np.empty(shape))) == \
@@ -230,16 +118,6 @@ def test_fans_gains_and_uniform_inits_match_torch():
     assert np.all(init.ones_(t).numpy() == 1)
     v = init.normal_(t, 1.0, 2.0).numpy()
     assert abs(v.mean() - 1) < 0.05 and abs(v.std() - 2) < 0.05
-
-
-def test_manual_seed_gives_identical_parameters():
-    mv.manual_seed(123)
-    a = make_net(nn).state_dict()
-    mv.manual_seed(123)
-    b = make_net(nn).state_dict()
-    c = make_net(nn).state_dict()
-    assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert not np.array_equal(a["head.weight"], c["head.weight"])
 
 
 # --- regressions: behaviour that once differed from PyTorch ------------------------------------------
@@ -261,14 +139,6 @@ def test_a_shared_module_appears_under_every_name_in_the_state_dict():
     assert len(list(model.parameters())) == len(list(tmodel.parameters())) == 2
     model.load_state_dict(tmodel.state_dict())
     np.testing.assert_array_equal(shared.weight.numpy(), tshared.weight.detach().numpy())
-
-
-def test_sequential_and_module_list_slices_like_torch():
-    layers = [nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)]
-    head = nn.Sequential(*layers)[1:]
-    assert isinstance(head, nn.Sequential) and list(head.state_dict()) == ["2.weight", "2.bias"]
-    tail = nn.ModuleList(layers)[1:]
-    assert isinstance(tail, nn.ModuleList) and list(tail.state_dict()) == ["1.weight", "1.bias"]
 
 
 def test_avg_pool_module_divisor_override():

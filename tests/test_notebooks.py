@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
+NEEDS = "running the notebooks needs nbformat, nbclient and ipykernel: pip install 'minivolo[test]'"
+nbformat = pytest.importorskip("nbformat", reason=NEEDS)
+nbclient = pytest.importorskip("nbclient", reason=NEEDS)
+pytest.importorskip("ipykernel", reason=NEEDS)
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))

@@ -251,3 +251,22 @@ def test_cli_cuda_without_a_gpu_is_a_user_error(tmp_path):
         pytest.skip("a GPU is available here")
     r = _cli("train", "--device", "cuda", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+def test_checkpoint_module_is_the_one_reader_and_writer(tmp_path, monkeypatch):
+    from minivolo import checkpoint
+    assert T.save_checkpoint is checkpoint.save_checkpoint and T.load_checkpoint is checkpoint.load_checkpoint
+    path = tmp_path / "f.bin"
+    checkpoint.atomic_write(path, lambda f: f.write(b"one"))
+
+    def dies(f):
+        f.write(b"tw")
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.atomic_write(path, dies)
+    assert path.read_bytes() == b"one" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+    # a file written by hand in the documented format (what older minivolo versions wrote) loads
+    meta = '{"format": "minivolo-checkpoint-1", "epoch": 3, "w": {"__array__": "w"}}'
+    np.savez(tmp_path / "old.npz", w=np.arange(3.0), meta=np.array(meta))
+    ckpt = T.load_checkpoint(tmp_path / "old.npz")
+    assert ckpt["epoch"] == 3 and ckpt["w"].tolist() == [0.0, 1.0, 2.0]

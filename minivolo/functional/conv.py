@@ -6,10 +6,12 @@ Everything here is built on two array kernels that are each other's adjoint:
     _col2im(c)  (B, C, kh, kw, oh, ow) -> (B, C, H, W)   the same positions, overlapping windows summed
 
 ``_im2col`` is one copy of a strided view of the padded image; ``_col2im`` is a loop over the kh*kw kernel
-offsets, each adding one strided slice of the padded buffer (k^2 slice-adds, never a loop over pixels).
-Since <im2col(x), y> = <x, col2im(y)>, unfold's backward is fold and fold's backward is unfold; conv2d is
-im2col followed by one batched matmul; the pools reduce over the same windows. As in torch, unfold, fold,
-conv2d and the pools also take one unbatched sample ((C, H, W), or (C*kh*kw, L) for fold).
+offsets (``_offsets``), each adding one strided slice of the padded buffer (k^2 slice-adds, never a loop over
+pixels). Since <im2col(x), y> = <x, col2im(y)>, unfold's backward is fold and fold's backward is unfold;
+conv2d is im2col followed by one batched matmul; the pools reduce over the same windows; outlook attention's
+fused op (functional/outlook.py) runs the same two kernels on channels-last maps. As in torch, unfold, fold,
+conv2d and the pools also take one unbatched sample ((C, H, W), or (C*kh*kw, L) for fold), and a batch may
+be empty (B = 0: empty outputs and gradients) while no other dim may.
 
     unfold(input, kernel_size, dilation=1, padding=0, stride=1)              (B, C, H, W) -> (B, C*kh*kw, L)
     fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1)   (B, C*kh*kw, L) -> (B, C, H, W)
@@ -54,33 +56,42 @@ def _batched(layout: str, unbatched: str):
         @functools.wraps(op)
         def run(input, *args, **kwargs):
             x = _as_tensor(input)
+            if x.ndim not in (ndim, ndim - 1):
+                raise ValueError(f"{op.__name__}: input must be {ndim}-D {layout} or {ndim - 1}-D {unbatched}, "
+                                 f"got shape {tuple(x.shape)}")
+            _check_nonempty(x, op.__name__, batched=x.ndim == ndim)
             if x.ndim == ndim - 1:
                 out = op(x.unsqueeze(0), *args, **kwargs)
                 return out.reshape(out.shape[1:])
-            if x.ndim != ndim:
-                raise ValueError(f"{op.__name__}: input must be {ndim}-D {layout} or {ndim - 1}-D {unbatched}, "
-                                 f"got shape {tuple(x.shape)}")
             return op(x, *args, **kwargs)
         return run
     return decorate
+
+
+def _check_nonempty(x: Tensor, op: str, batched: bool = True) -> None:
+    """As torch: a batch may be empty (B = 0 gives empty outputs and gradients), no other dim may."""
+    if 0 in x.shape[int(batched):]:
+        raise ValueError(f"{op}: only the batch dim may be empty (size 0), got input of shape {tuple(x.shape)}")
 
 
 def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
-def _pair(value, name: str, op: str, minimum: int = 1) -> tuple[int, int]:
-    """``value`` (an int or a pair of ints) as two ints, each at least ``minimum``."""
+def _pair(value, name: str = "value", op: str = "", minimum: int = 0) -> tuple[int, int]:
+    """``value`` (an int or a pair of ints) as two ints, each at least ``minimum``; the one ``_pair`` of
+    minivolo (layers, models and datasets import it), so that every size argument is read the same way."""
     items = (value, value) if _is_int(value) else value
     try:
         items = tuple(items)
     except TypeError:
         items = ()
+    where = f"{op}: " if op else ""
     if len(items) != 2 or not all(_is_int(v) for v in items):
-        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+        raise ValueError(f"{where}{name} must be an int or a pair of ints, got {value!r}")
     if min(items) < minimum:
         what = "positive" if minimum == 1 else "non-negative"
-        raise ValueError(f"{op}: {name} must be {what}, got {value!r}")
+        raise ValueError(f"{where}{name} must be {what}, got {value!r}")
     return int(items[0]), int(items[1])
 
 
@@ -125,68 +136,105 @@ def _symmetric(padding: tuple) -> tuple:
     return tuple((p, p) for p in padding)
 
 
+def _sliding_window(op: str, size: Sequence[int], kernel_size, dilation, padding, stride) -> _Window:
+    """The geometry of unfold/fold (and of outlook attention's windows) from the user's arguments."""
+    return _window(op, size, _pair(kernel_size, "kernel_size", op, minimum=1),
+                   _pair(dilation, "dilation", op, minimum=1), _pair(stride, "stride", op, minimum=1),
+                   _symmetric(_pair(padding, "padding", op)))
+
+
 # --- the two kernels -------------------------------------------------------------------------------
-def _padded(x, w: _Window, fill: float = 0.0):
-    """x (B, C, H, W) placed at ``w.before`` in a buffer (B, C, *w.extent) filled with ``fill``."""
-    (top, left), (H, W) = w.before, x.shape[2:]
-    if (top, left) == (0, 0) and w.extent == (H, W):
+# Three layouts share them: "batch_major" cols (B, C, kh, kw, oh, ow) for unfold/fold and the pools,
+# "channel_major" (C, kh, kw, B, oh, ow) for conv2d's one long matmul, and "channels_last"
+# (B, oh, ow, ..., kh*kw, d) from maps (B, H, W, ..., d) for outlook attention's fused path.
+def _at(axis: int, rows, columns) -> tuple:
+    """The index that takes ``rows`` and ``columns`` of the spatial dims at ``axis`` and ``axis + 1``."""
+    return (slice(None),) * axis + (rows, columns)
+
+
+def _padded(x, window: _Window, fill: float = 0.0, axis: int = 2):
+    """x, its spatial dims (H, W) at ``axis`` (2: NCHW, 1: channels-last), placed at ``window.before`` in a
+    buffer filled with ``fill`` whose spatial dims are ``window.extent``."""
+    (top, left), (H, W) = window.before, x.shape[axis:axis + 2]
+    if (top, left) == (0, 0) and window.extent == (H, W):
         return x
     xp = backend.get_array_module(x)
-    shape = x.shape[:2] + w.extent
+    shape = x.shape[:axis] + window.extent + x.shape[axis + 2:]
     buf = xp.zeros(shape, x.dtype) if fill == 0 else xp.full(shape, fill, x.dtype)
-    buf[:, :, top:top + H, left:left + W] = x
+    buf[_at(axis, slice(top, top + H), slice(left, left + W))] = x
     return buf
 
 
-def _windows(buf, w: _Window):
-    """The strided view (B, C, kh, kw, oh, ow) of every window of a padded buffer (no copy)."""
+def _windows(buf, window: _Window, channels_last: bool = False):
+    """The strided view of every window of a padded buffer (no copy):
+    (B, C, H, W) -> (B, C, kh, kw, oh, ow), or channels-last (B, H, W, ..., d) -> (B, oh, ow, ..., kh, kw, d)."""
     xp = backend.get_array_module(buf)
-    sb, sc, sy, sx = buf.strides
-    (dh, dw), (sh, sw) = w.dilation, w.stride
-    return xp.lib.stride_tricks.as_strided(buf, buf.shape[:2] + w.kernel + w.out,
-                                           (sb, sc, dh * sy, dw * sx, sh * sy, sw * sx))
+    (dh, dw), (sh, sw) = window.dilation, window.stride
+    if channels_last:
+        sb, sy, sx = buf.strides[:3]
+        shape = buf.shape[:1] + window.out + buf.shape[3:-1] + window.kernel + buf.shape[-1:]
+        strides = (sb, sh * sy, sw * sx) + buf.strides[3:-1] + (dh * sy, dw * sx, buf.strides[-1])
+    else:
+        sb, sc, sy, sx = buf.strides
+        shape, strides = buf.shape[:2] + window.kernel + window.out, (sb, sc, dh * sy, dw * sx, sh * sy, sw * sx)
+    return xp.lib.stride_tricks.as_strided(buf, shape, strides)
 
 
-def _offsets(w: _Window):
+def _offsets(window: _Window):
     """For each kernel offset (i, j): the rows and columns of the padded buffer it meets, one per output."""
-    (kh, kw), (dh, dw), (sh, sw), (oh, ow) = w.kernel, w.dilation, w.stride, w.out
+    (kh, kw), (dh, dw), (sh, sw), (oh, ow) = window.kernel, window.dilation, window.stride, window.out
     for i in range(kh):
         for j in range(kw):
             yield i, j, slice(i * dh, i * dh + sh * (oh - 1) + 1, sh), slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
 
 
-def _im2col(x, w: _Window, channel_major: bool = False):
-    """x (B, C, H, W) -> cols (B, C, kh, kw, oh, ow), C-contiguous: pad, view the windows, copy once.
+def _im2col(x, window: _Window, layout: str = "batch_major"):
+    """x -> cols, C-contiguous: pad, view the windows, copy once.
 
-    The copy's layout makes the reshape to unfold's (B, C*kh*kw, L) free. ``channel_major`` lays the
-    copy out as (C, kh, kw, B, oh, ow) instead, so that conv2d sees (G, K, B*L): one long matmul per group.
+    batch_major:   (B, C, H, W) -> (B, C, kh, kw, oh, ow); the reshape to unfold's (B, C*kh*kw, L) is free
+    channel_major: (B, C, H, W) -> (C, kh, kw, B, oh, ow); conv2d sees (G, K, B*L): one long matmul per group
+    channels_last: (B, H, W, ..., d) -> (B, oh, ow, ..., kh*kw, d); the batched matmul's layout
     """
     xp = backend.get_array_module(x)
-    view = _windows(_padded(x, w), w)
-    return xp.ascontiguousarray(view.transpose(1, 2, 3, 0, 4, 5) if channel_major else view)
+    channels_last = layout == "channels_last"
+    view = _windows(_padded(x, window, axis=1 if channels_last else 2), window, channels_last)
+    cols = xp.ascontiguousarray(view.transpose(1, 2, 3, 0, 4, 5) if layout == "channel_major" else view)
+    if channels_last:
+        return cols.reshape(cols.shape[:-3] + (window.kernel[0] * window.kernel[1], cols.shape[-1]))
+    return cols
 
 
-def _col2im(cols, size: tuple, w: _Window, channel_major: bool = False):
-    """cols (B, C, kh, kw, oh, ow) -> (B, C, H, W): every column added back where it came from.
+def _col2im(cols, size: tuple, window: _Window, layout: str = "batch_major"):
+    """cols -> image (the adjoint of ``_im2col``, same layouts): every column added back where it came from.
 
     A loop over the kh*kw kernel offsets, each a strided slice-add into the padded buffer; when windows
     cannot overlap (stride >= the dilated kernel) each pixel receives at most one value, so it is stored
-    rather than added. With ``channel_major`` cols is (C, kh, kw, B, oh, ow) and the buffer (C, B, ...),
-    so that both are read and written in memory order. Returns a view of the buffer, cropped to ``size``.
+    rather than added. The channel_major buffer is (C, B, ...), so that cols and buffer are read and written
+    in memory order. Returns a view of the buffer, cropped to ``size``: (B, C, H, W), or channels-last
+    (B, H, W, ..., d).
     """
     xp = backend.get_array_module(cols)
-    lead = (cols.shape[0], cols.shape[3]) if channel_major else cols.shape[:2]
-    buf = xp.zeros(lead + w.extent, cols.dtype)
-    disjoint = all(s >= d * (k - 1) + 1 for k, d, s in zip(w.kernel, w.dilation, w.stride))
-    for i, j, rows, columns in _offsets(w):
-        tap = cols[:, i, j] if channel_major else cols[:, :, i, j]
-        if disjoint:
-            buf[:, :, rows, columns] = tap
+    kw = window.kernel[1]
+    if layout == "channels_last":  # cols (B, oh, ow, ..., kh*kw, d), buffer (B, H', W', ..., d)
+        axis, shape = 1, cols.shape[:1] + window.extent + cols.shape[3:-2] + cols.shape[-1:]
+    elif layout == "channel_major":  # cols (C, kh, kw, B, oh, ow), buffer (C, B, H', W')
+        axis, shape = 2, (cols.shape[0], cols.shape[3]) + window.extent
+    else:  # cols (B, C, kh, kw, oh, ow), buffer (B, C, H', W')
+        axis, shape = 2, cols.shape[:2] + window.extent
+    buf = xp.zeros(shape, cols.dtype)
+    disjoint = all(s >= d * (k - 1) + 1 for k, d, s in zip(window.kernel, window.dilation, window.stride))
+    for i, j, rows, columns in _offsets(window):
+        if layout == "channels_last":
+            tap = cols[..., i * kw + j, :]
         else:
-            buf[:, :, rows, columns] += tap
-    (top, left), (H, W) = w.before, size
-    out = buf[:, :, top:top + H, left:left + W]
-    return out.transpose(1, 0, 2, 3) if channel_major else out
+            tap = cols[:, i, j] if layout == "channel_major" else cols[:, :, i, j]
+        if disjoint:
+            buf[_at(axis, rows, columns)] = tap
+        else:
+            buf[_at(axis, rows, columns)] += tap
+    (top, left), (H, W) = window.before, size
+    out = buf[_at(axis, slice(top, top + H), slice(left, left + W))]
+    return out.transpose(1, 0, 2, 3) if layout == "channel_major" else out
 
 
 # --- unfold / fold ---------------------------------------------------------------------------------
@@ -200,15 +248,13 @@ def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tenso
     Backward: the gradient folds back, ``fold(g)`` (the adjoint: overlapping positions sum).
     """
     x = _as_tensor(input)
-    w = _window("unfold", x.shape[2:], _pair(kernel_size, "kernel_size", "unfold"),
-                _pair(dilation, "dilation", "unfold"), _pair(stride, "stride", "unfold"),
-                _symmetric(_pair(padding, "padding", "unfold", minimum=0)))
-    cols = _im2col(x.data, w)
-    B, C = x.shape[:2]
+    window = _sliding_window("unfold", x.shape[2:], kernel_size, dilation, padding, stride)
+    cols = _im2col(x.data, window)                                       # (B, C, kh, kw, oh, ow)
+    (B, C), (kh, kw), (oh, ow) = x.shape[:2], window.kernel, window.out
 
     def backward(g):
-        return (_col2im(g.reshape(cols.shape), x.shape[2:], w),)
-    return Tensor.from_op(cols.reshape(B, -1, w.out[0] * w.out[1]), (x,), backward, "unfold")
+        return (_col2im(g.reshape(cols.shape), x.shape[2:], window),)
+    return Tensor.from_op(cols.reshape(B, C * kh * kw, oh * ow), (x,), backward, "unfold")
 
 
 @_batched("(B, C*kh*kw, L)", "(C*kh*kw, L)")
@@ -222,24 +268,23 @@ def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=
     Backward: ``unfold(g)``.
     """
     x = _as_tensor(input)
-    size = _pair(output_size, "output_size", "fold")
-    kernel = _pair(kernel_size, "kernel_size", "fold")
-    w = _window("fold", size, kernel, _pair(dilation, "dilation", "fold"), _pair(stride, "stride", "fold"),
-                _symmetric(_pair(padding, "padding", "fold", minimum=0)))
+    size = _pair(output_size, "output_size", "fold", minimum=1)
+    window = _sliding_window("fold", size, kernel_size, dilation, padding, stride)
+    kernel = window.kernel
     B, CK, L = x.shape
     K = kernel[0] * kernel[1]
     if CK % K:
         raise ValueError(f"fold: input.shape[1] = {CK} must be divisible by the kernel_size product "
                          f"{kernel[0]}*{kernel[1]} = {K}")
-    if L != w.out[0] * w.out[1]:
+    if L != window.out[0] * window.out[1]:
         raise ValueError(f"fold: input has L = {L} blocks, but output_size {size} with kernel_size {kernel}, "
-                         f"dilation, padding and stride given yields {w.out[0]}*{w.out[1]} = "
-                         f"{w.out[0] * w.out[1]} blocks")
-    shape = (B, CK // K) + kernel + w.out
+                         f"dilation, padding and stride given yields {window.out[0]}*{window.out[1]} = "
+                         f"{window.out[0] * window.out[1]} blocks")
+    shape = (B, CK // K) + kernel + window.out
 
     def backward(g):
-        return (_im2col(g, w).reshape(x.shape),)
-    return Tensor.from_op(_col2im(x.data.reshape(shape), size, w), (x,), backward, "fold")
+        return (_im2col(g, window).reshape(x.shape),)
+    return Tensor.from_op(_col2im(x.data.reshape(shape), size, window), (x,), backward, "fold")
 
 
 # --- convolution -----------------------------------------------------------------------------------
@@ -254,7 +299,7 @@ def _conv_padding(padding, kernel: tuple, dilation: tuple, stride: tuple) -> tup
             raise ValueError(f"conv2d: padding='same' needs stride 1, got stride {stride}")
         totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
         return tuple((t // 2, t - t // 2) for t in totals)
-    return _symmetric(_pair(padding, "padding", "conv2d", minimum=0))
+    return _symmetric(_pair(padding, "padding", "conv2d"))
 
 
 @_batched("(B, C, H, W)", "(C, H, W)")
@@ -290,13 +335,14 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         if bias.shape != (O,) or bias.dtype != x.dtype:
             raise ValueError(f"conv2d: bias must have shape ({O},) and dtype {x.dtype}, "
                              f"got {tuple(bias.shape)} {bias.dtype}")
-    stride_, dilation_ = _pair(stride, "stride", "conv2d"), _pair(dilation, "dilation", "conv2d")
-    w = _window("conv2d", x.shape[2:], (kh, kw), dilation_, stride_,
+    stride_ = _pair(stride, "stride", "conv2d", minimum=1)
+    dilation_ = _pair(dilation, "dilation", "conv2d", minimum=1)
+    window = _window("conv2d", x.shape[2:], (kh, kw), dilation_, stride_,
                 _conv_padding(padding, (kh, kw), dilation_, stride_))
-    G, Og, K, L = groups, O // groups, Cg * kh * kw, w.out[0] * w.out[1]
-    cols = _im2col(x.data, w, channel_major=True).reshape(G, K, B * L)
+    G, Og, K, L = groups, O // groups, Cg * kh * kw, window.out[0] * window.out[1]
+    cols = _im2col(x.data, window, "channel_major").reshape(G, K, B * L)
     wmat = weight.data.reshape(G, Og, K)
-    out = x.xp.ascontiguousarray((wmat @ cols).reshape((O, B) + w.out).transpose(1, 0, 2, 3))
+    out = x.xp.ascontiguousarray((wmat @ cols).reshape((O, B) + window.out).transpose(1, 0, 2, 3))
     if bias is not None:
         out += bias.data[:, None, None]
     if not weight.requires_grad:
@@ -306,8 +352,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         gx = gw = gb = None
         gt = g.reshape(B, G, Og, L).transpose(1, 2, 0, 3).reshape(G, Og, B * L)  # one small copy
         if x.requires_grad:
-            dcols = (wmat.swapaxes(1, 2) @ gt).reshape((C, kh, kw, B) + w.out)
-            gx = _col2im(dcols, x.shape[2:], w, channel_major=True)
+            dcols = (wmat.swapaxes(1, 2) @ gt).reshape((C, kh, kw, B) + window.out)
+            gx = _col2im(dcols, x.shape[2:], window, "channel_major")
         if weight.requires_grad:
             gw = (gt @ cols.swapaxes(1, 2)).reshape(weight.shape)
         if bias is not None and bias.requires_grad:
@@ -320,10 +366,10 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
 # --- pooling ---------------------------------------------------------------------------------------
 def _pool_window(op: str, x: Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool) -> _Window:
     """Pool geometry with torch's checks: stride defaults to the kernel; padding at most half the window."""
-    kernel = _pair(kernel_size, "kernel_size", op)
+    kernel = _pair(kernel_size, "kernel_size", op, minimum=1)
     no_stride = stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0)
-    stride_ = kernel if no_stride else _pair(stride, "stride", op)
-    padding_, dilation_ = _pair(padding, "padding", op, minimum=0), _pair(dilation, "dilation", op)
+    stride_ = kernel if no_stride else _pair(stride, "stride", op, minimum=1)
+    padding_, dilation_ = _pair(padding, "padding", op), _pair(dilation, "dilation", op, minimum=1)
     for p, k, d in zip(padding_, kernel, dilation_):
         if p > (d * (k - 1) + 1) // 2:
             raise ValueError(f"{op}: padding must be at most half the (dilated) kernel size, got padding "
@@ -354,21 +400,22 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
     (a col2im of the broadcast gradient).
     """
     x = _as_tensor(input)
-    w = _pool_window("avg_pool2d", x, kernel_size, stride, padding, 1, ceil_mode)
+    window = _pool_window("avg_pool2d", x, kernel_size, stride, padding, 1, ceil_mode)
     if divisor_override is not None:
         if not _is_int(divisor_override) or divisor_override == 0:
             raise ValueError(f"avg_pool2d: divisor_override must be a non-zero int, got {divisor_override!r}")
         divisor = x.xp.asarray(divisor_override, dtype=x.dtype)
     else:
-        (H, W), (kh, kw), (sh, sw), (ph, pw), (oh, ow) = x.shape[2:], w.kernel, w.stride, w.before, w.out
+        (H, W), (kh, kw), (sh, sw) = x.shape[2:], window.kernel, window.stride
+        (ph, pw), (oh, ow) = window.before, window.out
         counts = np.outer(_pool_counts(H, kh, sh, ph, oh, count_include_pad),
                           _pool_counts(W, kw, sw, pw, ow, count_include_pad))
         divisor = backend.to_device(counts.astype(x.dtype), x.device)
-    out = _windows(_padded(x.data, w), w).sum(axis=(2, 3)) / divisor
+    out = _windows(_padded(x.data, window), window).sum(axis=(2, 3)) / divisor
 
     def backward(g):
-        share = x.xp.broadcast_to((g / divisor)[:, :, None, None], g.shape[:2] + w.kernel + w.out)
-        return (_col2im(share, x.shape[2:], w),)
+        share = x.xp.broadcast_to((g / divisor)[:, :, None, None], g.shape[:2] + window.kernel + window.out)
+        return (_col2im(share, x.shape[2:], window),)
     return Tensor.from_op(out, (x,), backward, "avg_pool2d")
 
 
@@ -381,23 +428,23 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, c
     a col2im of g routed to each window's winning offset (positions that win several windows sum).
     """
     x = _as_tensor(input)
-    w = _pool_window("max_pool2d", x, kernel_size, stride, padding, dilation, ceil_mode)
+    window = _pool_window("max_pool2d", x, kernel_size, stride, padding, dilation, ceil_mode)
     xp = x.xp
-    buf = _padded(x.data, w, fill=-np.inf)
+    buf = _padded(x.data, window, fill=-np.inf)
     best = argbest = None
-    for i, j, rows, cols in _offsets(w):
+    for i, j, rows, cols in _offsets(window):
         tap = buf[:, :, rows, cols]
         if best is None:
             best, argbest = tap.copy(), xp.zeros(tap.shape, np.int32)
             continue
         better = (tap > best) | xp.isnan(tap)
         xp.copyto(best, tap, where=better)
-        xp.copyto(argbest, i * w.kernel[1] + j, where=better)
+        xp.copyto(argbest, i * window.kernel[1] + j, where=better)
 
     def backward(g):
-        offset = xp.arange(w.kernel[0] * w.kernel[1]).reshape(w.kernel + (1, 1))
+        offset = xp.arange(window.kernel[0] * window.kernel[1]).reshape(window.kernel + (1, 1))
         routed = xp.where(argbest[:, :, None, None] == offset, g[:, :, None, None], xp.zeros((), g.dtype))
-        return (_col2im(routed, x.shape[2:], w),)
+        return (_col2im(routed, x.shape[2:], window),)
     return Tensor.from_op(best, (x,), backward, "max_pool2d")
 
 
@@ -564,6 +611,7 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
     """
     x = _as_tensor(input)
     _check_input(x, 4, "interpolate", "(B, C, H, W)")
+    _check_nonempty(x, "interpolate")
     if mode not in _INTERP_MODES:
         raise ValueError(f"interpolate: mode must be one of {_INTERP_MODES}, got {mode!r}")
     if align_corners is not None and mode.startswith("nearest"):
@@ -574,7 +622,7 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
                          f"size={size!r}, scale_factor={scale_factor!r}")
     H, W = x.shape[2:]
     if size is not None:
-        out_size, scales = _pair(size, "size", "interpolate"), (None, None)
+        out_size, scales = _pair(size, "size", "interpolate", minimum=1), (None, None)
     else:
         scales = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float, np.number)) \
             else tuple(scale_factor)

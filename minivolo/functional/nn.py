@@ -58,83 +58,13 @@ def relu(input: Tensor) -> Tensor:
     return Tensor.from_op(input.xp.maximum(x, 0), (input,), lambda g: (g * (x > 0),), "relu")
 
 
-# fdlibm s_erf.c (Sun Microsystems, 1993): rational approximations of erf on |x| < 0.84375 and on
-# [0.84375, 1.25), and of log(x erfc(x)) + x^2 - 0.5625 in 1/x^2 on [1.25, 1/0.35) and [1/0.35, 6).
-# Coefficients from the lowest power up; every denominator starts with 1.
-_ERF_PP = (1.28379167095512558561e-01, -3.25042107247001499370e-01, -2.84817495755985104766e-02,
-           -5.77027029648944159157e-03, -2.37630166566501626084e-05)
-_ERF_QQ = (1.0, 3.97917223959155352819e-01, 6.50222499887672944485e-02, 5.08130628187576562776e-03,
-           1.32494738004321644526e-04, -3.96022827877536812320e-06)
-_ERF_ERX = 8.45062911510467529297e-01  # erf(1) rounded to float32 precision
-_ERF_PA = (-2.36211856075265944077e-03, 4.14856118683748331666e-01, -3.72207876035701323847e-01,
-           3.18346619901161753674e-01, -1.10894694282396677476e-01, 3.54783043256182359371e-02,
-           -2.16637559486879084300e-03)
-_ERF_QA = (1.0, 1.06420880400844228286e-01, 5.40397917702171048937e-01, 7.18286544141962662868e-02,
-           1.26171219808761642112e-01, 1.36370839120290507362e-02, 1.19844998467991074170e-02)
-_ERF_RA = (-9.86494403484714822705e-03, -6.93858572707181764372e-01, -1.05586262253232909814e+01,
-           -6.23753324503260060396e+01, -1.62396669462573470355e+02, -1.84605092906711035994e+02,
-           -8.12874355063065934246e+01, -9.81432934416914548592e+00)
-_ERF_SA = (1.0, 1.96512716674392571292e+01, 1.37657754143519042600e+02, 4.34565877475229228821e+02,
-           6.45387271733267880336e+02, 4.29008140027567833386e+02, 1.08635005541779435134e+02,
-           6.57024977031928170135e+00, -6.04244152148580987438e-02)
-_ERF_RB = (-9.86494292470009928597e-03, -7.99283237680523006574e-01, -1.77579549177547519889e+01,
-           -1.60636384855821916062e+02, -6.37566443368389627722e+02, -1.02509513161107724954e+03,
-           -4.83519191608651397019e+02)
-_ERF_SB = (1.0, 3.03380607434824582924e+01, 3.25792512996573918826e+02, 1.53672958608443695994e+03,
-           3.19985821950859553908e+03, 2.55305040643316442583e+03, 4.74528541206955367215e+02,
-           -2.24409524465858183362e+01)
-# (low, high, R, S) for the two erfc pieces: erfc(x) = exp(-x^2 - 0.5625 + R(s)/S(s)) / x, s = 1/x^2
-_ERFC_PIECES = ((1.25, 1 / 0.35, _ERF_RA, _ERF_SA), (1 / 0.35, 6.0, _ERF_RB, _ERF_SB))
-# keep the high bits of the mantissa so that z*z is exact (fdlibm's SET_LOW_WORD(z, 0))
-_HIGH_BITS = {np.dtype(np.float64): (np.uint64, 0xFFFFFFFF00000000),
-              np.dtype(np.float32): (np.uint32, 0xFFFFF000)}
-
-
-def _poly(z, coeffs):
-    """``c0 + c1 z + c2 z^2 + ...`` by Horner's rule, in z's dtype."""
-    p = z * coeffs[-1] + coeffs[-2]
-    for c in coeffs[-3::-1]:
-        p *= z
-        p += c
-    return p
-
-
-def _erf(x):
-    """erf of a float32 or float64 array, to the last bit or two, in its own dtype (fdlibm's method).
-
-    Each piece of fdlibm's piecewise approximation is evaluated only on the elements in its range
-    (boolean masks, so it runs on NumPy and CuPy alike); |x| >= 6 gives +-1 and NaN stays NaN.
-    """
-    xp = backend.get_array_module(x)
-    if x.dtype not in _HIGH_BITS:
-        return _erf(x.astype(np.float32)).astype(x.dtype)
-    shape, x = x.shape, x.reshape(-1)  # 1-D: NumPy turns 0-d results into scalars, which cannot be assigned
-    ax = xp.abs(x)
-    out = ax.copy()  # the NaNs stay; every finite element is overwritten below
-    m = ax < 0.84375
-    a = ax[m]
-    z = a * a
-    a_big = a * 2.0 ** 54  # a + a*y computed on a scaled copy (exact), so that subnormal a keep their bits
-    out[m] = (a_big + a_big * (_poly(z, _ERF_PP) / _poly(z, _ERF_QQ))) / 2.0 ** 54
-    m = (ax >= 0.84375) & (ax < 1.25)
-    s = ax[m] - 1
-    out[m] = _ERF_ERX + _poly(s, _ERF_PA) / _poly(s, _ERF_QA)
-    uint, mask = _HIGH_BITS[x.dtype]
-    for low, high, r, q in _ERFC_PIECES:
-        m = (ax >= low) & (ax < high)
-        a = ax[m]
-        s = 1 / (a * a)
-        z = (a.view(uint) & uint(mask)).view(x.dtype)  # z ~ a with z*z exact
-        erfc = xp.exp(-z * z - 0.5625) * xp.exp((z - a) * (z + a) + _poly(s, r) / _poly(s, q)) / a
-        out[m] = 1 - erfc
-    out[ax >= 6] = 1
-    return xp.copysign(out, x).reshape(shape)
-
-
 def erf(input: Tensor) -> Tensor:
-    """The error function ``erf(x) = 2/sqrt(pi) int_0^x exp(-t^2) dt``; d/dx = 2/sqrt(pi) exp(-x^2)."""
+    """The error function ``erf(x) = 2/sqrt(pi) int_0^x exp(-t^2) dt``; d/dx = 2/sqrt(pi) exp(-x^2).
+
+    Values from ``backend.erf`` (SciPy on the CPU, CuPy on the GPU), in the input's dtype.
+    """
     x = input.data
-    return Tensor.from_op(_erf(x), (input,),
+    return Tensor.from_op(backend.erf(x), (input,),
                           lambda g: (g * (2 / math.sqrt(math.pi)) * input.xp.exp(-x * x),), "erf")
 
 
@@ -147,7 +77,7 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
     """
     x, xp = input.data, input.xp
     if approximate == "none":
-        cdf = 0.5 * (1 + _erf(x * (1 / math.sqrt(2))))
+        cdf = 0.5 * (1 + backend.erf(x * (1 / math.sqrt(2))))
 
         def dcdf():
             return xp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
@@ -169,17 +99,23 @@ def softmax(input: Tensor, dim: int = -1) -> Tensor:
 
     Fused: dx = y * (g - sum_j g_j y_j).
     """
-    x, xp = input.data, input.xp
-    y = xp.exp(x - x.max(axis=dim, keepdims=True))
+    y = input.xp.exp(_shift_by_max(input.data, dim))
     y /= y.sum(axis=dim, keepdims=True)
     return Tensor.from_op(y, (input,), lambda g: (y * (g - (g * y).sum(axis=dim, keepdims=True)),),
                           "softmax")
 
 
+def _shift_by_max(x, dim: int):
+    """``x - max x`` along ``dim`` (so that exp cannot overflow); an empty ``x`` as it is (no max)."""
+    return x - x.max(axis=dim, keepdims=True) if x.size else x
+
+
 def _log_softmax(x, dim: int):
     """log softmax of an array along ``dim``: ``x - max - log sum exp(x - max)``."""
     xp = backend.get_array_module(x)
-    shifted = x - x.max(axis=dim, keepdims=True)
+    if not x.size:
+        return x.copy()  # empty in, empty out (log of the empty sum would be -inf)
+    shifted = _shift_by_max(x, dim)
     return shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
 
 
@@ -373,6 +309,9 @@ def _reduce(loss, reduction: str, divisor):
     xp = backend.get_array_module(loss)
     if reduction == "sum":
         return xp.asarray(loss.sum()), lambda g: g
+    if not loss.size or not divisor:  # nothing counted (an empty batch, all ignored): 0/0 = NaN, as torch
+        nan = xp.asarray(math.nan, dtype=loss.dtype)
+        return nan, lambda g: g * nan
     return xp.asarray(loss.sum() / divisor), lambda g: g / divisor
 
 

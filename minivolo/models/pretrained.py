@@ -16,8 +16,9 @@ import zipfile
 
 import numpy as np
 
+from .. import functional as F
 from ..nn.module import IncompatibleKeys, Module
-from .volo import resize_pos_embed
+from ..tensor import Tensor, no_grad
 
 __all__ = ["load_pretrained", "read_state_dict", "read_safetensors", "save_npz"]
 
@@ -152,3 +153,16 @@ def load_pretrained(model: Module, path: str, strict: bool = True) -> Incompatib
 def save_npz(model: Module, path: str) -> None:
     """Write ``model.state_dict()`` to an uncompressed .npz (read back by ``load_pretrained``)."""
     np.savez(path, **model.state_dict())
+
+
+def resize_pos_embed(pos_embed, new_hw: tuple):
+    """Resample a (1, H, W, C) position embedding to (1, new_h, new_w, C), bicubic, align_corners=False
+    (as F.interpolate / torch). Takes and returns a host or device array."""
+    pos = Tensor(pos_embed)
+    if pos.ndim != 4 or pos.shape[0] != 1:
+        raise ValueError(f"pos_embed must have shape (1, H, W, C), got {tuple(pos.shape)}")
+    if tuple(pos.shape[1:3]) == tuple(new_hw):
+        return pos.data
+    with no_grad():
+        out = F.interpolate(pos.permute(0, 3, 1, 2), size=tuple(new_hw), mode="bicubic", align_corners=False)
+    return out.xp.ascontiguousarray(out.permute(0, 2, 3, 1).data)

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
+from ..functional.conv import _pair
 from ..tensor import Tensor
 from . import init
 from .module import Module, Parameter
@@ -26,10 +27,6 @@ def _parameter(*shape: int) -> Parameter:
 
 def _buffer(value, dtype) -> Tensor:
     return Tensor(backend.to_device(np.asarray(value, dtype=dtype), backend.default_device()))
-
-
-def _pair(v) -> tuple:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def _reset_linear(weight: Parameter, bias: Parameter | None) -> None:
