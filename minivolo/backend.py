@@ -14,16 +14,16 @@ the CPU (NumPy) and on an NVIDIA GPU (CuPy). No other module imports cupy.
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import scipy.special
 
 try:  # CuPy is optional; a broken install counts as absent.
     import cupy as _cupy
-    import cupyx as _cupyx
-    import cupyx.scipy.special  # noqa: F401  (erf on the GPU)
 except Exception:  # pragma: no cover - depends on the machine
-    _cupy = _cupyx = None
+    _cupy = None
+_cupyx = None  # cupyx, imported on first use (it is slow to import)
 
 DEVICES = ("cpu", "cuda")
 _cuda_status: tuple[bool, str] | None = None  # (usable, why not), found once per process
@@ -123,8 +123,11 @@ def erf(a):
     if get_array_module(a) is np:
         out = np.asarray(scipy.special.erf(a))  # a 0-d input gives a NumPy scalar: make it an array again
     else:
-        import cupyx.scipy.special
-        out = cupyx.scipy.special.erf(a)
+        global _cupyx
+        if _cupyx is None:
+            import cupyx.scipy.special  # noqa: F401
+            _cupyx = sys.modules["cupyx"]
+        out = _cupyx.scipy.special.erf(a)
     return out.astype(a.dtype) if a.dtype.kind == "f" and out.dtype != a.dtype else out  # float16
 
 
