@@ -79,7 +79,7 @@ def problems(solution, name: str = "solution") -> list[str]:
     return found
 
 
-def _cleared(nb):
+def without_outputs(nb):
     """A copy of ``nb`` without outputs and execution counts."""
     nb = copy.deepcopy(nb)
     for cell in nb.cells:
@@ -92,7 +92,7 @@ def _cleared(nb):
 def student_from_solution(solution):
     """The student notebook (without outputs): every exercise's source replaced by its stub, its metadata
     reduced to the tags and the exercise's name; every other cell as it is."""
-    student = _cleared(solution)
+    student = without_outputs(solution)
     for cell in student.cells:
         meta = exercise(cell)
         if meta is not None:
@@ -104,7 +104,7 @@ def student_from_solution(solution):
 def with_wrong(solution, name: str):
     """The solution (without outputs) with exercise ``name``'s planted mistake in place of its solution,
     cut after that exercise's checker cell; and the index of that checker cell."""
-    nb = _cleared(solution)
+    nb = without_outputs(solution)
     for i, cell in enumerate(nb.cells):
         meta = exercise(cell)
         if meta is not None and meta.get("exercise") == name:
@@ -175,7 +175,7 @@ def build(name: str) -> dict:
     if found:
         raise SystemExit("\n".join(found))
     times = {}
-    for kind, nb, out in (("solution", _cleared(solution), path),
+    for kind, nb, out in (("solution", without_outputs(solution), path),
                           ("student", student_from_solution(solution), NOTEBOOKS / f"{name}.ipynb")):
         start = time.perf_counter()
         execute(nb)
