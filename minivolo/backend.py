@@ -10,11 +10,14 @@ the CPU (NumPy) and on an NVIDIA GPU (CuPy). No other module imports cupy.
     default_device()      -> $MINIVOLO_DEVICE, "cpu" when unset
     erf(a)                -> the error function, by scipy.special (host) or cupyx.scipy.special (GPU)
     use_cupy(cupy, cupyx) -> point the backend at another CuPy (the tests' strict stand-in, fakecupy)
+    @constant             -> a host-built constant (a divisor, indices, a matrix) cached on each device
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from typing import Callable
 
 import numpy as np
 import scipy.special
@@ -129,6 +132,21 @@ def erf(a):
             _cupyx = sys.modules["cupyx"]
         out = _cupyx.scipy.special.erf(a)
     return out.astype(a.dtype) if a.dtype.kind == "f" and out.dtype != a.dtype else out  # float16
+
+
+def constant(make: Callable[..., np.ndarray]) -> Callable:
+    """Decorator for ``make(*args) -> host array`` whose arguments are hashable (shapes, modes, dtypes):
+    the decorated ``make(*args, device=...)`` returns the array on that device, built and copied once per
+    (args, device), then cached, so that a step does not rebuild it on the host and copy it every call.
+    The array is shared: never write into it."""
+    @functools.lru_cache(maxsize=1024)
+    def cached(args, device, module_id):
+        return to_device(make(*args), device)
+
+    @functools.wraps(make)
+    def get(*args, device: str):
+        return cached(args, device, id(array_module(device)))
+    return get
 
 
 def manual_seed_device(seed: int) -> None:

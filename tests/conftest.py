@@ -30,6 +30,10 @@ def pytest_configure(config):
         backend.use_cupy(fakecupy, fakecupy.cupyx)
         assert backend.cuda_available()
         os.environ["MINIVOLO_DEVICE"] = "cuda"
+        # subprocesses (the CLI, notebook kernels) switch too, through fakecupy/site/sitecustomize.py
+        os.environ["MINIVOLO_FAKE_GPU"] = "1"
+        site = os.path.join(os.path.dirname(__file__), "fakecupy", "site")
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH")) if p)
 
 
 def pytest_collection_modifyitems(config, items):
