@@ -130,6 +130,12 @@ def test_student_notebook_matches_its_solution(path):
     assert diff is None, f"{student.name} is out of date ({diff}): run python notebooks/build.py {path.stem}"
 
 
+def test_build_check_command(capsys):
+    """``python notebooks/build.py --check``: exit status 0 and the count, nothing executed."""
+    assert build.main(["--check"]) == 0, capsys.readouterr().out
+    assert f"{len(SOLUTIONS)} student notebooks match their solutions" in capsys.readouterr().out
+
+
 def test_student_notebook_holds_no_solution():
     solution = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         "def f():\n    return 1", metadata={"tags": ["exercise"], "minivolo": {
