@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import minivolo as mv
-from minivolo import bench, gradcheck
+from minivolo import gradcheck
 from minivolo import functional as F
 
 DTYPES = [np.float64, np.float32]
@@ -230,14 +230,3 @@ IMAGE = mv.Tensor(np.zeros((1, 2, 5, 5)))
 def test_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):
         call()
-
-
-# --- bench -----------------------------------------------------------------------------------------
-def test_bench_run_reports_rows(monkeypatch, capsys):
-    calls = []
-    monkeypatch.setitem(bench.BENCHMARKS, "noop", lambda: (lambda: calls.append(1), None))
-    rows = bench.run(["noop"], repeat=3, threads_note=False)
-    assert rows[0]["name"] == "noop" and rows[0]["torch_ms"] is None and len(calls) == 4
-    assert "noop" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="unknown benchmark"):
-        bench.run(["nope"])

@@ -157,3 +157,31 @@ def test_a_training_iteration_waits_on_the_device_at_most_twice_and_copies_only_
     copies = (counts[4].copies - counts[1].copies) / 3
     report = "\n".join(f"{n} iterations: {counts[n].report()}" for n in counts)
     assert syncs <= 2 and copies <= 2, f"per iteration: {syncs} syncs, {copies} copies\n{report}"
+
+
+@pytest.mark.parametrize("first,then", [("cuda", "cpu"), ("cpu", "cuda")], ids=["cuda->cpu", "cpu->cuda"])
+def test_a_run_saved_on_one_device_resumes_on_the_other(on_fakecupy, tmp_path, monkeypatch, first, then):
+    """On the stand-in the numbers are NumPy's on both devices, so the resumed run must equal an
+    uninterrupted one bit for bit: the checkpoint carries everything across devices."""
+    from minivolo import train as T
+
+    quick = dict(model="volo_nano", epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.5, drop_path=0.1,
+                 max_train=32, max_test=16, progress=False)
+    full = T.train(out=str(tmp_path), name="full", device=then, **quick)
+    real = T.train_one_epoch
+
+    def crash_in_second_epoch(*args, **kwargs):
+        if args[-1] == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(T, "train_one_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(out=str(tmp_path), name="cut", device=first, **quick)
+    monkeypatch.setattr(T, "train_one_epoch", real)
+    resumed = T.train(resume=tmp_path / "cut", device=then, progress=False)
+    assert next(resumed["model"].parameters()).device == then
+    strip = [{k: v for k, v in m.items() if k != "seconds"} for m in full["metrics"]]
+    assert [{k: v for k, v in m.items() if k != "seconds"} for m in resumed["metrics"]] == strip
+    a, b = T.load_checkpoint(tmp_path / "full"), T.load_checkpoint(tmp_path / "cut")
+    for k, v in a["model"].items():
+        assert np.array_equal(v, b["model"][k]), k

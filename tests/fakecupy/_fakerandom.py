@@ -17,11 +17,18 @@ _GENERATOR_SPEC = _core._SURFACE["random.Generator"]
 _this = _sys.modules[__name__]
 
 
+# NumPy Generator methods that draw in the asked dtype themselves (float32 draws differ from float64 ones)
+_NUMPY_DTYPE = {"random", "standard_normal", "standard_exponential", "standard_gamma", "integers"}
+
+
 def _draw(qualname: str, method, spec: dict, args, kwargs):
-    """Call a NumPy drawing method under CuPy's keywords; ``dtype`` and ``out`` are applied here (NumPy's
-    methods take them only in part)."""
+    """Call a NumPy drawing method under CuPy's keywords; ``out``, and ``dtype`` where NumPy's method
+    lacks it, are applied here."""
     _core._check_kwargs(qualname, spec, kwargs)
-    dtype, out = kwargs.pop("dtype", None), kwargs.pop("out", None)
+    out = kwargs.pop("out", None)
+    numpy_dtype = isinstance(getattr(method, "__self__", None), _np.random.Generator) and \
+        method.__name__ in _NUMPY_DTYPE
+    dtype = None if numpy_dtype else kwargs.pop("dtype", None)
     args = [_core._unwrap(a) for a in args]
     kwargs = {k: _core._unwrap(v) for k, v in kwargs.items()}
     r = _np.asarray(method(*args, **kwargs))
