@@ -221,9 +221,10 @@ def _outputs(result) -> list:
 
 
 def _copy(arg):
-    """A private copy of a Tensor (its own data and .grad) or an array argument; others as they are."""
+    """A private copy of a Tensor (its own data and .grad) or an array argument; others as they are.
+    Tensors are copied to the CPU: the student's code works on NumPy arrays."""
     if isinstance(arg, Tensor):
-        return Tensor(arg.data.copy(), requires_grad=arg.requires_grad)
+        return Tensor(arg.data.copy(), requires_grad=arg.requires_grad, device="cpu")
     return arg.copy() if backend.is_array(arg) else arg
 
 
@@ -359,7 +360,8 @@ def _trial(student_fn, reference_fn, args: tuple, names: list[str], rng, grad: b
             continue
         if m.grad is None:
             return f"no gradient reached {name}: your backward returned None for it"
-        expected_grad = r.grad if r.grad is not None else Tensor(m.grad.xp.zeros_like(m.grad.data))
+        expected_grad = r.grad if r.grad is not None else Tensor(m.grad.xp.zeros_like(m.grad.data),
+                                                                 device=m.grad.device)
         problem = _compare(m.grad, expected_grad, what, atol, rtol)
         if problem:
             return problem
@@ -369,7 +371,8 @@ def _trial(student_fn, reference_fn, args: tuple, names: list[str], rng, grad: b
 def _random_args(shapes: Sequence, inputs, rng, dtype, grad: bool, tensors: bool) -> tuple:
     draws = [rng.standard_normal(tuple(s) if isinstance(s, (tuple, list)) else (s,)).astype(dtype)
              for s in shapes]
-    args = [Tensor(a, requires_grad=grad) for a in draws] if tensors else draws
+    # on the CPU whatever the default device: the student's code works on NumPy arrays
+    args = [Tensor(a, requires_grad=grad, device="cpu") for a in draws] if tensors else draws
     if inputs is not None:
         args.extend(inputs(rng) if callable(inputs) else inputs)
     return tuple(args)
@@ -377,7 +380,7 @@ def _random_args(shapes: Sequence, inputs, rng, dtype, grad: bool, tensors: bool
 
 def _float64(arg):
     if isinstance(arg, Tensor) and arg.requires_grad:
-        return Tensor(arg.data.astype(np.float64), requires_grad=True)
+        return Tensor(arg.data.astype(np.float64), requires_grad=True, device="cpu")
     return _copy(arg)
 
 

@@ -496,6 +496,13 @@ def _pool_counts(n: int, k: int, s: int, p: int, o: int, include_pad: bool) -> n
     return end - start if include_pad else np.minimum(end, n) - np.maximum(start, 0)
 
 
+@backend.constant
+def _pool_divisor(size, kernel, stride, before, out, include_pad: bool, dtype) -> np.ndarray:
+    """(oh, ow): the number of taps each window of avg_pool2d divides by (built once per shape and device)."""
+    return np.outer(*(_pool_counts(*dims, include_pad) for dims in zip(size, kernel, stride, before, out))
+                    ).astype(dtype)
+
+
 @_batched("(B, C, H, W)", "(C, H, W)")
 def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
@@ -512,13 +519,10 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
     if divisor_override is not None:
         if not _is_int(divisor_override) or divisor_override == 0:
             raise ValueError(f"avg_pool2d: divisor_override must be a non-zero int, got {divisor_override!r}")
-        divisor = x.xp.asarray(divisor_override, dtype=x.dtype)
+        divisor = x.xp.full((), divisor_override, dtype=x.dtype)
     else:
-        (H, W), (kh, kw), (sh, sw) = x.shape[2:], window.kernel, window.stride
-        (ph, pw), (oh, ow) = window.before, window.out
-        counts = np.outer(_pool_counts(H, kh, sh, ph, oh, count_include_pad),
-                          _pool_counts(W, kw, sw, pw, ow, count_include_pad))
-        divisor = backend.to_device(counts.astype(x.dtype), x.device)
+        divisor = _pool_divisor(x.shape[2:], window.kernel, window.stride, window.before, window.out,
+                                count_include_pad, x.dtype, device=x.device)
     out = _windows(_padded(x.data, window), window).sum(axis=(2, 3)) / divisor
 
     def backward(g):
@@ -632,16 +636,14 @@ def pad(input: Tensor, pad: Sequence[int], mode: str = "constant", value: float 
             return (gx,)
         return Tensor.from_op(out, (x,), backward, "pad")
 
-    gathers = [(axis, _pad_index(x.shape[axis], lo, hi, mode)) for axis, lo, hi in dims]
+    gathers = [(axis, (x.shape[axis], lo, hi, mode)) for axis, lo, hi in dims]  # (axis, _pad_index args)
     out = x.data
-    for axis, index in gathers:
-        out = xp.take(out, backend.to_device(index, x.device), axis=axis)
+    for axis, args in gathers:
+        out = xp.take(out, _pad_index_on_device(*args, device=x.device), axis=axis)
 
     def backward(g):
-        for axis, index in gathers:
-            onehot = np.zeros((len(index), x.shape[axis]), x.dtype)
-            onehot[np.arange(len(index)), index] = 1
-            g = _matmul_along(g, backend.to_device(onehot.T, x.device), axis)
+        for axis, args in gathers:
+            g = _matmul_along(g, _pad_gather_t(*args, x.dtype, device=x.device), axis)
         return (g,)
     return Tensor.from_op(out, (x,), backward, "pad")
 
@@ -661,6 +663,19 @@ def _cubic_coefficients(t: np.ndarray, A: float = -0.75) -> list:
     return [far(t + one), near(t), near(one - t), far(one - t + one)]
 
 
+_pad_index_on_device = backend.constant(_pad_index)  # built once per (n, lo, hi, mode) and device
+
+
+@backend.constant
+def _pad_gather_t(n: int, lo: int, hi: int, mode: str, dtype) -> np.ndarray:
+    """(n, n + lo + hi): the transpose of the gather by ``_pad_index``, which sums the gradient back."""
+    index = _pad_index(n, lo, hi, mode)
+    onehot = np.zeros((len(index), n), dtype)
+    onehot[np.arange(len(index)), index] = 1
+    return onehot.T
+
+
+@backend.constant
 def _interp_matrix(n_in: int, n_out: int, mode: str, align_corners: bool, scale: float | None,
                    dtype) -> np.ndarray:
     """The (n_out, n_in) matrix that resizes one dim, built on the host with torch's index arithmetic.
@@ -742,7 +757,7 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
                              f"for input {H}x{W}")
         if recompute_scale_factor:
             scales = (None, None)
-    mats = [backend.to_device(_interp_matrix(n, o, mode, bool(align_corners), s, x.dtype), x.device)
+    mats = [_interp_matrix(n, o, mode, bool(align_corners), s, x.dtype, device=x.device)
             for n, o, s in zip((H, W), out_size, scales)]
     mh, mw = mats
     out = mh @ x.data @ mw.T

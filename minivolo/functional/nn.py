@@ -300,7 +300,8 @@ def batch_norm(input: Tensor, running_mean, running_var, weight: Tensor | None =
     training: use the batch's mean and biased variance, and (when given) update the running
     statistics in place, ``r = (1 - momentum) r + momentum s``, with the *unbiased* variance for
     running_var (exactly as PyTorch). Not training: use running_mean/running_var.
-    running_* are Tensors (their ``.data`` is updated), arrays, or None. weight, bias: (C,).
+    running_* are Tensors (their ``.data`` is updated), arrays, or None; on another device than the
+    input (host arrays with a GPU input) they are read there and written back in place. weight, bias: (C,).
     Fused forward/backward (see ``_normalize``).
     """
     if input.ndim < 2:
@@ -317,7 +318,8 @@ def batch_norm(input: Tensor, running_mean, running_var, weight: Tensor | None =
     if not training:
         if running[0] is None or running[1] is None:
             raise ValueError("batch_norm: running_mean and running_var are needed when training=False")
-        stats = [r.reshape(param_shape).astype(input.dtype, copy=False) for r in running]
+        stats = [backend.to_device(r, input.device).reshape(param_shape).astype(input.dtype, copy=False)
+                 for r in running]
         return _normalize("batch_norm", input, weight, bias, axes, param_shape, eps, *stats)[0]
     n = input.size // c
     if n <= 1:
@@ -326,7 +328,8 @@ def batch_norm(input: Tensor, running_mean, running_var, weight: Tensor | None =
     out, mean, var = _normalize("batch_norm", input, weight, bias, axes, param_shape, eps)
     for r, stat in zip(running, (mean, var * (n / (n - 1)))):
         if r is not None:
-            r[...] = momentum * stat.reshape(c).astype(r.dtype) + (1 - momentum) * r
+            new = momentum * stat.reshape(c).astype(r.dtype) + (1 - momentum) * backend.to_device(r, input.device)
+            r[...] = backend.to_device(new, backend.device_of(r))
     return out
 
 
@@ -338,8 +341,8 @@ def _keep_mask(x: Tensor, shape: tuple, keep_prob: float, scale: bool):
     keep = backend.generator(x.device).random(shape, dtype=np.float32) < keep_prob
     mask = keep.astype(x.dtype)
     if scale and keep_prob > 0:
-        mask /= xp.asarray(keep_prob, dtype=x.dtype)
-    return Tensor(mask)
+        mask /= x.dtype.type(keep_prob)  # a NumPy scalar: no host array to copy
+    return Tensor(mask, device=x.device)
 
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
@@ -385,7 +388,8 @@ def _class_distribution(op: str, input: Tensor, target, weight, ignore_index: in
                          f"without the class dim), got {tuple(t.shape)}")
     valid = t != ignore_index
     t = xp.where(valid, t, 0)
-    if bool(((t < 0) | (t >= c)).any()):
+    bad = ((t < 0) | (t >= c)).any()
+    if xp is np and bad:  # on a GPU this check would wait for the device: a bad target makes q NaN there
         raise ValueError(f"{op}: target values must be in [0, {c}) or ignore_index={ignore_index}")
     classes = xp.arange(c).reshape((1, c) + (1,) * (input.ndim - 2))
     q = (xp.expand_dims(t, 1) == classes).astype(input.dtype)
@@ -393,6 +397,8 @@ def _class_distribution(op: str, input: Tensor, target, weight, ignore_index: in
         q *= 1 - smoothing
         q += smoothing / c
     q *= xp.expand_dims(valid, 1)
+    if xp is not np:
+        q += xp.where(bad, xp.nan, 0).astype(q.dtype)
     if weight is None:
         return q, valid.sum().astype(input.dtype), xp.expand_dims(valid, 1)
     w = weight.reshape(classes.shape).astype(input.dtype, copy=False)
@@ -406,8 +412,10 @@ def _reduce(loss, reduction: str, divisor):
     xp = backend.get_array_module(loss)
     if reduction == "sum":
         return xp.asarray(loss.sum()), lambda g: g
-    if not loss.size or not divisor:  # nothing counted (an empty batch, all ignored): 0/0 = NaN, as torch
-        nan = xp.asarray(math.nan, dtype=loss.dtype)
+    # nothing counted (an empty batch, all ignored): 0/0 = NaN, as torch; on a GPU the division gives that
+    # NaN by itself, and testing the divisor would wait for the device
+    if not loss.size or (xp is np and not divisor):
+        nan = xp.full((), math.nan, dtype=loss.dtype)
         return nan, lambda g: g * nan
     return xp.asarray(loss.sum() / divisor), lambda g: g / divisor
 
@@ -451,7 +459,7 @@ def cross_entropy(input: Tensor, target, weight: Tensor | None = None, ignore_in
         wb = 1 if w is None else w.reshape((1, c) + (1,) * (input.ndim - 2))
         smoothed = target.data * (1 - label_smoothing) + label_smoothing / c if label_smoothing else target.data
         q, valid = smoothed * wb, None
-        divisor = xp.asarray(input.size // c, dtype=input.dtype)
+        divisor = xp.full((), input.size // c, dtype=input.dtype)
     else:
         q, divisor, valid = _class_distribution("cross_entropy", input, target.data, w, ignore_index,
                                                 label_smoothing)
