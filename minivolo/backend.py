@@ -9,11 +9,16 @@ the CPU (NumPy) and on an NVIDIA GPU (CuPy). No other module imports cupy.
     to_numpy(a)           -> a host NumPy array (copies from the GPU explicitly)
     default_device()      -> $MINIVOLO_DEVICE, "cpu" when unset
     erf(a)                -> the error function, by scipy.special (host) or cupyx.scipy.special (GPU)
+    use_cupy(cupy, cupyx) -> point the backend at another CuPy (the tests' strict stand-in, fakecupy)
+    @constant             -> a host-built constant (a divisor, indices, a matrix) cached on each device
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+import sys
+from typing import Callable
 
 import numpy as np
 import scipy.special
@@ -22,31 +27,58 @@ try:  # CuPy is optional; a broken install counts as absent.
     import cupy as _cupy
 except Exception:  # pragma: no cover - depends on the machine
     _cupy = None
+_cupyx = None  # cupyx, imported on first use (it is slow to import)
 
 DEVICES = ("cpu", "cuda")
+_cuda_status: tuple[bool, str] | None = None  # (usable, why not), found once per process
+
+
+def use_cupy(cupy_module, cupyx_module) -> None:
+    """Use ``cupy_module``/``cupyx_module`` for device "cuda" from now on: test-only, for the strict
+    stand-in (``pytest --fake-gpu`` calls ``use_cupy(fakecupy, fakecupy.cupyx)``)."""
+    global _cupy, _cupyx, _cuda_status
+    _cupy, _cupyx, _cuda_status = cupy_module, cupyx_module, None
+    _generators.pop("cuda", None)
+
+
+def _find_cuda_status() -> tuple[bool, str]:
+    if _cupy is None:
+        return False, "CuPy is not installed (pip install 'minivolo[gpu]')"
+    try:
+        if not _cupy.cuda.is_available():
+            return False, "CuPy is installed but sees no CUDA GPU (cupy.cuda.is_available() is False)"
+    except Exception as e:  # pragma: no cover - driver problems
+        return False, f"CuPy is installed but the CUDA driver does not answer ({type(e).__name__}: {e})"
+    try:  # a driver can answer and still be unable to run kernels (wrong CUDA version, no runtime libraries)
+        if int((_cupy.arange(3, dtype=np.int32) + 1).sum()) != 6:
+            return False, "CuPy sees a GPU but a test kernel computed a wrong result"
+    except Exception as e:  # pragma: no cover - depends on the machine
+        return False, (f"CuPy sees a GPU but cannot run a kernel on it ({type(e).__name__}: {e}); "
+                       "check that the NVIDIA driver supports the CUDA version of the CuPy wheel")
+    return True, ""
 
 
 def cuda_available() -> bool:
-    """True when CuPy is installed and sees at least one usable GPU."""
-    if _cupy is None:
-        return False
-    try:
-        return bool(_cupy.cuda.is_available())
-    except Exception:  # pragma: no cover - driver problems
-        return False
+    """True when CuPy is installed, sees a GPU and runs a tiny kernel on it (checked once per process)."""
+    global _cuda_status
+    if _cuda_status is None:
+        _cuda_status = _find_cuda_status()
+    return _cuda_status[0]
 
 
 def _check_device(device: str) -> str:
     device = str(device).lower()
-    if device.startswith("cuda:"):
-        device = "cuda"
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "cuda" and not cuda_available():
-        why = "CuPy is not installed (pip install 'minivolo[gpu]')" if _cupy is None \
-            else "CuPy is installed but no CUDA GPU is usable"
-        raise RuntimeError(f"device 'cuda' requested but {why}")
-    return device
+    name, _, index = device.partition(":")
+    if name not in DEVICES or (index and (name != "cuda" or not index.isdigit())):
+        raise ValueError(f"device must be one of {DEVICES} (or 'cuda:N'), got {device!r}")
+    if name == "cuda" and not cuda_available():
+        raise RuntimeError(f"device {device!r} requested but {_cuda_status[1]}")
+    current = _cupy.cuda.Device().id if index else None
+    if index and int(index) != current:
+        raise ValueError(f"device {device!r}: minivolo runs on one GPU, the current one (cuda:{current}); "
+                         f"select GPU {index} with CUDA_VISIBLE_DEVICES={index} or "
+                         f"cupy.cuda.Device({index}).use(), then pass device='cuda'")
+    return name
 
 
 def default_device() -> str:
@@ -95,9 +127,27 @@ def erf(a):
     if get_array_module(a) is np:
         out = np.asarray(scipy.special.erf(a))  # a 0-d input gives a NumPy scalar: make it an array again
     else:
-        import cupyx.scipy.special
-        out = cupyx.scipy.special.erf(a)
+        global _cupyx
+        if _cupyx is None:
+            import cupyx.scipy.special  # noqa: F401
+            _cupyx = sys.modules["cupyx"]
+        out = _cupyx.scipy.special.erf(a)
     return out.astype(a.dtype) if a.dtype.kind == "f" and out.dtype != a.dtype else out  # float16
+
+
+def constant(make: Callable[..., np.ndarray]) -> Callable:
+    """Decorator for ``make(*args) -> host array`` whose arguments are hashable (shapes, modes, dtypes):
+    the decorated ``make(*args, device=...)`` returns the array on that device, built and copied once per
+    (args, device), then cached, so that a step does not rebuild it on the host and copy it every call.
+    The array is shared: never write into it."""
+    @functools.lru_cache(maxsize=1024)
+    def cached(args, device, module_id):
+        return to_device(make(*args), device)
+
+    @functools.wraps(make)
+    def get(*args, device: str):
+        return cached(args, device, id(array_module(device)))
+    return get
 
 
 def manual_seed_device(seed: int) -> None:

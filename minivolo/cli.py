@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no-augment", dest="augment", action="store_false", default=None,
         help="no random crop / flip")
     add("--seed", type=int, help=f"random seed (default: {d.seed})")
-    add("--device", choices=backend.DEVICES, help=f"device (default: {d.device})")
+    add("--device", choices=backend.DEVICES, help="device (default: $MINIVOLO_DEVICE, cpu when unset)")
     add("--out", help=f"folder of the run folders (default: {d.out})")
     add("--name", help="run folder name (default: MODEL-DATE-TIME)")
     add("--max-train", type=_positive(int), help="use only the first N training images")
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="a .npz checkpoint or a run folder (its last.npz)")
     e.add_argument("--dataset", choices=DATASETS, help="dataset (default: the one trained on)")
     e.add_argument("--data-dir", help="folder of the dataset")
-    e.add_argument("--device", choices=backend.DEVICES, default="cpu", help="device (default: cpu)")
+    e.add_argument("--device", choices=backend.DEVICES, help="device (default: $MINIVOLO_DEVICE, cpu when unset)")
     e.add_argument("--out", help="folder for confusion.png (default: the checkpoint's folder)")
 
     p = sub.add_parser("predict", help="classify image files",
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a .npz checkpoint or a run folder (its last.npz)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--topk", type=_positive(int), default=5, help="classes to show (default: 5)")
-    p.add_argument("--device", choices=backend.DEVICES, default="cpu", help="device (default: cpu)")
+    p.add_argument("--device", choices=backend.DEVICES, help="device (default: $MINIVOLO_DEVICE, cpu when unset)")
 
     r = sub.add_parser("relabel", help="dense label maps of a teacher (token labeling)",
                        description="Run a trained model (the teacher) densely over the un-augmented training "
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", choices=DATASETS, help="dataset (default: the one the teacher was trained on)")
     r.add_argument("--data-dir", help="folder of the dataset")
     r.add_argument("--batch-size", type=_positive(int), default=256, help="batch size (default: 256)")
-    r.add_argument("--device", choices=backend.DEVICES, default="cpu", help="device (default: cpu)")
+    r.add_argument("--device", choices=backend.DEVICES, help="device (default: $MINIVOLO_DEVICE, cpu when unset)")
     r.set_defaults(argv=None)  # main() fills it in: the file records the command that made it
 
     i = sub.add_parser("info", help="parameter counts of the models",

@@ -10,8 +10,9 @@
                               augmentations on whole batches x: (B, C, H, W) -> (B, C, H', W'), NumPy or
                               CuPy, with no Python loop over samples or pixels
 
-Random numbers are drawn on the host from a ``numpy.random.Generator``; only the small per-sample index
-arrays move to the device.
+The random numbers of the augmentations come from ``rng``, a generator on the batch's device
+(``numpy.random.Generator`` or ``cupy.random.Generator``), so that a GPU batch needs no host arrays: per
+batch, only the uint8 images and the labels cross to the device.
 """
 from __future__ import annotations
 
@@ -296,7 +297,7 @@ class RandomCrop:
             raise ValueError(f"RandomCrop: padding must be >= 0, got {padding}")
         self.size, self.padding = _pair(size), int(padding)
 
-    def __call__(self, x, rng: np.random.Generator):
+    def __call__(self, x, rng):
         xp = backend.get_array_module(x)
         p, (h, w) = self.padding, self.size
         if p:
@@ -304,11 +305,12 @@ class RandomCrop:
         B, C, H, W = x.shape
         if h > H or w > W:
             raise ValueError(f"RandomCrop: crop {h}x{w} is larger than the padded image {H}x{W}")
-        top = rng.integers(0, H - h + 1, size=B)
-        left = rng.integers(0, W - w + 1, size=B)
+        # drawn on x's device when rng is (asarray copies a host generator's draws once)
+        top = xp.asarray(rng.integers(0, H - h + 1, size=B))
+        left = xp.asarray(rng.integers(0, W - w + 1, size=B))
         # One gather: index arrays broadcast to (B, C, h, w).
-        rows = xp.asarray(top[:, None, None, None] + np.arange(h)[:, None])
-        cols = xp.asarray(left[:, None, None, None] + np.arange(w))
+        rows = top[:, None, None, None] + xp.arange(h)[:, None]
+        cols = left[:, None, None, None] + xp.arange(w)
         return x[xp.arange(B)[:, None, None, None], xp.arange(C)[:, None, None], rows, cols]
 
 
@@ -318,9 +320,9 @@ class RandomHorizontalFlip:
     def __init__(self, p: float = 0.5):
         self.p = p
 
-    def __call__(self, x, rng: np.random.Generator):
+    def __call__(self, x, rng):
         xp = backend.get_array_module(x)
-        flip = xp.asarray(rng.random(len(x)) < self.p)
+        flip = xp.asarray(rng.random(len(x))) < self.p
         return xp.where(flip[:, None, None, None], x[..., ::-1], x)
 
 
@@ -329,14 +331,17 @@ class Normalize:
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         self.mean, self.std = np.asarray(mean, np.float64).ravel(), np.asarray(std, np.float64).ravel()
+        self._on_device: dict = {}  # (array module, dtype) -> (mean, std) there: copied once, not per batch
 
-    def __call__(self, x, rng: np.random.Generator | None = None):
+    def __call__(self, x, rng=None):
         xp = backend.get_array_module(x)
         if {len(self.mean), len(self.std)} - {1, x.shape[1]}:
             raise ValueError(f"Normalize: expected mean/std with 1 or {x.shape[1]} (channels) values, "
                              f"got {len(self.mean)} and {len(self.std)}")
-        mean = xp.asarray(self.mean, x.dtype).reshape(1, -1, 1, 1)
-        std = xp.asarray(self.std, x.dtype).reshape(1, -1, 1, 1)
+        key = (xp.__name__, x.dtype)
+        if key not in self._on_device:
+            self._on_device[key] = tuple(xp.asarray(v, x.dtype).reshape(1, -1, 1, 1) for v in (self.mean, self.std))
+        mean, std = self._on_device[key]
         return (x - mean) / std
 
 
@@ -350,7 +355,7 @@ class Resize:
     def __init__(self, size: int | Sequence[int]):
         self.size = _pair(size)
 
-    def __call__(self, x, rng: np.random.Generator | None = None):
+    def __call__(self, x, rng=None):
         xp = backend.get_array_module(x)
         pads = []
         for axis, target in zip((2, 3), self.size):
@@ -367,12 +372,12 @@ class Resize:
 
 
 class Compose:
-    """Apply transforms in order, passing each the same host generator."""
+    """Apply transforms in order, passing each the same generator."""
 
     def __init__(self, transforms: Sequence[Callable]):
         self.transforms = list(transforms)
 
-    def __call__(self, x, rng: np.random.Generator | None = None):
+    def __call__(self, x, rng=None):
         for t in self.transforms:
             x = t(x, rng)
         return x
@@ -408,9 +413,11 @@ class DataLoader:
     """Batches ``(x, y)`` of an ArrayDataset on ``device``.
 
     x: (B, C, H, W) float32 = transform(images[idx] * scale, rng); y: (B,) int64.
-    Epoch e uses rng = default_rng([seed, e]) for both the shuffle order and the augmentation, so a run
-    resumed with ``set_epoch(e)`` sees exactly the batches an uninterrupted run saw. Each ``iter()``
-    uses the current epoch and then advances it by one.
+    Epoch e shuffles with numpy's default_rng([seed, e]) and augments with the generator
+    default_rng([seed, e, 1]) of the device's array module (so a GPU batch draws its crops and flips on
+    the GPU): a run resumed with ``set_epoch(e)`` sees exactly the batches an uninterrupted run saw. Each
+    ``iter()`` uses the current epoch and then advances it by one. Per batch, two host->device copies:
+    the uint8 images (converted to float32 on the device) and the labels.
 
     Data-parallel (``num_replicas`` > 1, this process ``rank``), as torch's DistributedSampler: every
     rank draws the same (seed, epoch) permutation, pads it by repeating its first indices to a multiple
@@ -454,7 +461,8 @@ class DataLoader:
 
     def __iter__(self) -> Iterator[tuple]:
         epoch, self.epoch = self.epoch, self.epoch + 1  # advance now, not on the first next()
-        return self._batches(np.random.default_rng([self.seed, epoch]))
+        return self._batches(np.random.default_rng([self.seed, epoch]),
+                             backend.array_module(self.device).random.default_rng([self.seed, epoch, 1]))
 
     def _order(self, rng: np.random.Generator) -> np.ndarray:
         """This rank's sample indices for the epoch, in order."""
@@ -467,13 +475,14 @@ class DataLoader:
             order = np.concatenate([order, np.resize(order, total - n)])
         return order[self.rank:total:w]
 
-    def _batches(self, rng: np.random.Generator) -> Iterator[tuple]:
+    def _batches(self, rng: np.random.Generator, augment_rng) -> Iterator[tuple]:
         order = self._order(rng)
-        draws = rng if self.num_replicas == 1 else _RankRows(rng, self.rank, self.num_replicas)
+        if self.num_replicas > 1:
+            augment_rng = _RankRows(augment_rng, self.rank, self.num_replicas)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.dataset.images[idx].astype(np.float32) * np.float32(self.scale)
-            x = backend.to_device(x, self.device)
+            x = backend.to_device(self.dataset.images[idx], self.device).astype(np.float32)
+            x *= np.float32(self.scale)
             if self.transform is not None:
-                x = self.transform(x, draws)
+                x = self.transform(x, augment_rng)
             yield x, backend.to_device(self.dataset.labels[idx], self.device)

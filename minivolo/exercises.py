@@ -203,6 +203,11 @@ def _compare(yours, expected, what: str, atol: float | None, rtol: float | None)
         exact = e.dtype.kind in "biu" and y.dtype.kind in "biu"
         a, r = (0.0, 0.0) if exact else (1e-8, 1e-5)  # a number worked out in float32 passes
         return _differs(y, e, what, a if atol is None else atol, r if rtol is None else rtol)
+    if isinstance(expected, (tuple, list)):  # a tuple of arrays (and numbers): element by element
+        if not isinstance(yours, (tuple, list)) or len(yours) != len(expected):
+            return f"{what} is {_short(yours)}, expected a {type(expected).__name__} of {len(expected)} items"
+        return next((p for i, (y, e) in enumerate(zip(yours, expected))
+                     if (p := _compare(y, e, f"{what}[{i}]", atol, rtol))), None)
     if yours != expected:
         return f"{what} is {yours!r}, expected {expected!r}"
     return None
@@ -216,9 +221,10 @@ def _outputs(result) -> list:
 
 
 def _copy(arg):
-    """A private copy of a Tensor (its own data and .grad) or an array argument; others as they are."""
+    """A private copy of a Tensor (its own data and .grad) or an array argument; others as they are.
+    Tensors are copied to the CPU: the student's code works on NumPy arrays."""
     if isinstance(arg, Tensor):
-        return Tensor(arg.data.copy(), requires_grad=arg.requires_grad)
+        return Tensor(arg.data.copy(), requires_grad=arg.requires_grad, device="cpu")
     return arg.copy() if backend.is_array(arg) else arg
 
 
@@ -354,7 +360,8 @@ def _trial(student_fn, reference_fn, args: tuple, names: list[str], rng, grad: b
             continue
         if m.grad is None:
             return f"no gradient reached {name}: your backward returned None for it"
-        expected_grad = r.grad if r.grad is not None else Tensor(m.grad.xp.zeros_like(m.grad.data))
+        expected_grad = r.grad if r.grad is not None else Tensor(m.grad.xp.zeros_like(m.grad.data),
+                                                                 device=m.grad.device)
         problem = _compare(m.grad, expected_grad, what, atol, rtol)
         if problem:
             return problem
@@ -364,7 +371,8 @@ def _trial(student_fn, reference_fn, args: tuple, names: list[str], rng, grad: b
 def _random_args(shapes: Sequence, inputs, rng, dtype, grad: bool, tensors: bool) -> tuple:
     draws = [rng.standard_normal(tuple(s) if isinstance(s, (tuple, list)) else (s,)).astype(dtype)
              for s in shapes]
-    args = [Tensor(a, requires_grad=grad) for a in draws] if tensors else draws
+    # on the CPU whatever the default device: the student's code works on NumPy arrays
+    args = [Tensor(a, requires_grad=grad, device="cpu") for a in draws] if tensors else draws
     if inputs is not None:
         args.extend(inputs(rng) if callable(inputs) else inputs)
     return tuple(args)
@@ -372,7 +380,7 @@ def _random_args(shapes: Sequence, inputs, rng, dtype, grad: bool, tensors: bool
 
 def _float64(arg):
     if isinstance(arg, Tensor) and arg.requires_grad:
-        return Tensor(arg.data.astype(np.float64), requires_grad=True)
+        return Tensor(arg.data.astype(np.float64), requires_grad=True, device="cpu")
     return _copy(arg)
 
 

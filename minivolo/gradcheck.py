@@ -57,7 +57,7 @@ def gradcheck(fn: Callable, *inputs: Tensor, eps: float = 1e-6, atol: float = 1e
     total = None
     for o, w in zip(outs, weights):
         if o.requires_grad:
-            term = (o * Tensor(w)).sum()
+            term = (o * Tensor(w, device=o.device)).sum()
             total = term if total is None else total + term
     if total is None:
         raise GradcheckError("gradcheck: no output depends on an input that requires grad")

@@ -235,7 +235,7 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0) -> floa
     total = norm(xp.stack([norm(g) for g in grads]))
     coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
     for q in params:  # a new array: gradients may be read-only views made by broadcasting
-        q.grad = Tensor(q.grad.data * coef.astype(q.grad.dtype))
+        q.grad = Tensor(q.grad.data * coef.astype(q.grad.dtype), device=q.device)
     return float(total)
 
 

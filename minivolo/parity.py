@@ -1,6 +1,7 @@
 """PyTorch-parity rules that the autograd core follows but a reader of ``tensor.py`` need not study.
 
     as_array(data, dtype, device)   a backend array; Python floats become float32 (torch's default dtype)
+    on_host(data)                   True for host data (NumPy arrays, numbers, lists without device arrays)
     result_type(*operands)          the dtype torch gives an elementwise op (torch.result_type)
     axis_arg, reduce_args           NumPy's ``axis``/``keepdims`` or PyTorch's ``dim``/``keepdim``
     var_correction                  ``var``'s correction from ``correction``, ``unbiased`` or ``ddof``
@@ -70,11 +71,32 @@ def result_type(*operands) -> np.dtype:
     return _combine(groups[0], _combine(groups[1], groups[2]))
 
 
+def _first_array(data):
+    """The first backend array in a nested list, or None."""
+    for d in data:
+        found = d if backend.is_array(d) else _first_array(d) if isinstance(d, (list, tuple)) else None
+        if found is not None:
+            return found
+    return None
+
+
+def on_host(data) -> bool:
+    """True for host data: NumPy arrays, numbers, (nested) lists that hold no device array."""
+    return backend.device_of(_first_array(data) if isinstance(data, (list, tuple)) else data) == "cpu"
+
+
+def _stack(data, xp):
+    return xp.stack([_stack(d, xp) for d in data]) if isinstance(data, (list, tuple)) else xp.asarray(data)
+
+
 def as_array(data, dtype=None, device=None):
     """The backend array for ``data`` (not a Tensor); Python floats and lists of floats become float32,
-    torch's default dtype (NumPy's would be float64); arrays and NumPy scalars keep their dtype."""
+    torch's default dtype (NumPy's would be float64); arrays and NumPy scalars keep their dtype. A list
+    of device arrays (0-d losses, say) is stacked on their device, without a trip through the host."""
     if backend.is_array(data):
         arr = data
+    elif isinstance(data, (list, tuple)) and not on_host(data):
+        arr = _stack(data, backend.get_array_module(_first_array(data)))
     else:
         arr = np.asarray(data)
         if dtype is None and arr.dtype.kind == "f" and not isinstance(data, np.generic):

@@ -27,13 +27,18 @@ from . import backend, parity
 class Tensor(parity.TorchMethods):
     """An array with a gradient. ``Tensor(data, requires_grad=False, dtype=None, device=None)``.
 
-    Python floats and lists become float32 (the default dtype); arrays keep their dtype.
+    Python floats and lists become float32 (the default dtype); arrays keep their dtype. Host data
+    (NumPy arrays, numbers, lists) goes to ``device``, else the default device ($MINIVOLO_DEVICE), as
+    torch.tensor after torch.set_default_device; a device array stays on its device.
     """
 
     __array_priority__ = 1000  # make ndarray <op> Tensor defer to Tensor's reflected operators
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, device: str | None = None):
-        self.data = parity.as_array(data.data if isinstance(data, Tensor) else data, dtype, device)
+        data = data.data if isinstance(data, Tensor) else data
+        if device is None and parity.on_host(data):
+            device = backend.default_device()
+        self.data = parity.as_array(data, dtype, device)
         self.grad: Tensor | None = None
         self.requires_grad = bool(requires_grad)
         if self.requires_grad and self.data.dtype.kind not in "fc":
@@ -80,7 +85,7 @@ class Tensor(parity.TorchMethods):
         return self.data.item()
 
     def detach(self) -> "Tensor":
-        return Tensor(self.data)
+        return Tensor.from_op(self.data, (), None)  # where the data is (Tensor() would move host data)
 
     def retain_grad(self) -> "Tensor":
         """Keep ``.grad`` on this non-leaf tensor after backward."""
@@ -125,7 +130,7 @@ class Tensor(parity.TorchMethods):
             if g is None:
                 continue
             if node._backward is None or node._retain:  # a leaf, or asked to keep its gradient
-                node.grad = Tensor(g) if node.grad is None else Tensor(node.grad.data + g)
+                node.grad = Tensor.from_op(g if node.grad is None else node.grad.data + g, (), None)
             if node._backward is None:
                 continue
             parent_grads = node._backward(g)
@@ -220,7 +225,7 @@ class Tensor(parity.TorchMethods):
 
     # comparisons give non-differentiable boolean tensors
     def _compare(self, other, fn):
-        return Tensor(fn(*self._operands(other)[1:]))
+        return Tensor.from_op(fn(*self._operands(other)[1:]), (), None)
 
     __lt__ = lambda self, o: self._compare(o, lambda a, b: a < b)
     __le__ = lambda self, o: self._compare(o, lambda a, b: a <= b)
@@ -373,14 +378,14 @@ def unbroadcast(g, shape: tuple):
 def _common(*items) -> tuple:
     """``items`` as Tensors and their arrays, the arrays cast to PyTorch's result dtype (``result_type``).
 
-    Numbers and arrays go to the first Tensor's device; a number is converted straight to the result
-    dtype (1.0001 * float64 must not pass through float32).
+    Numbers and arrays go to the first Tensor's device; a number is filled in there straight in the
+    result dtype (1.0001 * float64 must not pass through float32), without a host array to copy.
     """
     dtype = parity.result_type(*(t.data if isinstance(t, Tensor) else parity.as_array(t) if not isinstance(
         t, parity.NUMBERS) else t.item() if isinstance(t, np.generic) else t for t in items))
-    device = next((t.device for t in items if isinstance(t, Tensor)), None)
-    tensors = [t if isinstance(t, Tensor) else
-               Tensor(parity.as_array(t, dtype if np.isscalar(t) else None, device)) for t in items]
+    device = next((t.device for t in items if isinstance(t, Tensor)), None) or backend.default_device()
+    tensors = [t if isinstance(t, Tensor) else Tensor(backend.array_module(device).full((), t, dtype)
+                                                      if np.isscalar(t) else t, device=device) for t in items]
     return tensors, [t.data.astype(dtype, copy=False) for t in tensors]
 
 

@@ -2,7 +2,7 @@
 
     concatenate / cat, stack   join along an existing / a new axis
     where, maximum             elementwise choice between two tensors (broadcasting, torch's promotion)
-    tensor(data, ...)          a Tensor on the default device
+    tensor(data, ...)          Tensor(data, ...): host data on the default device
     exp, log, sqrt, tanh, abs  ``Tensor`` methods as functions
 """
 from __future__ import annotations
@@ -12,18 +12,26 @@ from typing import Sequence
 
 import numpy as np
 
-from . import backend, parity
+from . import parity
 from .tensor import Tensor, _common
 
 
-def _tensors(items) -> list:
-    return [t if isinstance(t, Tensor) else Tensor(t) for t in items]
+def _tensors(name: str, items) -> list:
+    """``items`` as Tensors on one device, host data joining the tensors' device; RuntimeError naming the
+    devices when the tensors are on different ones, as torch."""
+    first = next((i for i, t in enumerate(items) if isinstance(t, Tensor)), None)
+    device = None if first is None else items[first].device
+    for i, t in enumerate(items):
+        if isinstance(t, Tensor) and t.device != device:
+            raise RuntimeError(f"{name}: expected all tensors on the same device, but found at least two "
+                               f"devices, {device} (tensor {first}) and {t.device} (tensor {i})")
+    return [t if isinstance(t, Tensor) else Tensor(t, device=device) for t in items]
 
 
 def concatenate(tensors: Sequence[Tensor], axis: int = 0, *, dim: int | None = None) -> Tensor:
     """Join along an existing axis (``dim`` as torch.cat); backward splits ``g`` at the same offsets."""
     axis = parity.axis_arg(axis, dim)
-    tensors = _tensors(tensors)
+    tensors = _tensors("cat", list(tensors))
     xp = tensors[0].xp
     bounds = np.cumsum([t.shape[axis] for t in tensors])[:-1]
     return Tensor.from_op(xp.concatenate([t.data for t in tensors], axis=axis), tensors,
@@ -36,17 +44,17 @@ cat = concatenate
 def stack(tensors: Sequence[Tensor], axis: int = 0, *, dim: int | None = None) -> Tensor:
     """Join along a new axis (``dim`` as torch.stack); backward takes the slices apart again."""
     axis = parity.axis_arg(axis, dim)
-    tensors = _tensors(tensors)
+    tensors = _tensors("stack", list(tensors))
     xp = tensors[0].xp
     return Tensor.from_op(xp.stack([t.data for t in tensors], axis=axis), tensors,
                           lambda g: tuple(xp.moveaxis(g, axis, 0)), "stack")
 
 
 def where(condition, x, y) -> Tensor:
-    """``x`` where ``condition`` holds, else ``y`` (broadcasting); the gradient goes to the chosen side."""
-    cond = condition.data if isinstance(condition, Tensor) else condition
+    """``x`` where ``condition`` holds, else ``y`` (broadcasting); the gradient goes to the chosen side.
+    A host condition (array, list) joins the device of x and y."""
     (x, y), (a, b) = _common(x, y)
-    xp = x.xp
+    cond, xp = _tensors("where", [condition, x])[0].data, x.xp
     return Tensor.from_op(xp.where(cond, a, b), (x, y),
                           lambda g: (xp.where(cond, g, 0), xp.where(cond, 0, g)), "where")
 
@@ -63,8 +71,8 @@ def maximum(a, b) -> Tensor:
 
 
 def tensor(data, requires_grad: bool = False, dtype=None, device: str | None = None) -> Tensor:
-    """``Tensor(data, ...)`` on the default device ($MINIVOLO_DEVICE) unless ``device`` is given."""
-    return Tensor(data, requires_grad, dtype, device or backend.default_device())
+    """``Tensor(data, ...)``: host data on ``device``, else the default device ($MINIVOLO_DEVICE)."""
+    return Tensor(data, requires_grad, dtype, device)
 
 
 def _tensor_fn(name: str):

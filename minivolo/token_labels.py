@@ -62,9 +62,9 @@ def dense_logits(model, x: Tensor) -> Tensor:
 
 
 @no_grad()
-def relabel(model, dataset, batch_size: int = 256, device: str = "cpu", transform=None) -> np.ndarray:
-    """Run a trained ``model`` (on ``device``) densely over every image of ``dataset``, in order; the
-    model is left in eval mode.
+def relabel(model, dataset, batch_size: int = 256, device: str | None = None, transform=None) -> np.ndarray:
+    """Run a trained ``model`` (on ``device``, None: the default device) densely over every image of
+    ``dataset``, in order; the model is left in eval mode.
 
     dataset: an ArrayDataset (its images un-augmented); transform: the evaluation preprocessing
     (e.g. resize + normalise, as the teacher was evaluated), applied batch by batch on ``device``.
@@ -74,8 +74,8 @@ def relabel(model, dataset, batch_size: int = 256, device: str = "cpu", transfor
     if len(dataset) == 0:
         raise ValueError("relabel: the dataset is empty")
     model.eval()
-    loader = DataLoader(dataset, batch_size, transform=transform, device=device)
-    batches = [backend.to_numpy(dense_logits(model, Tensor(x)).data).astype(np.float16)  # (B, h, w, C)
+    loader = DataLoader(dataset, batch_size, transform=transform, device=device or backend.default_device())
+    batches = [backend.to_numpy(dense_logits(model, Tensor(x, device=loader.device)).data).astype(np.float16)
                for x, _ in loader]
     out = np.concatenate(batches).transpose(0, 3, 1, 2)  # (images, C, h, w)
     if not np.isfinite(out).all():

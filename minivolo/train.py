@@ -178,23 +178,28 @@ def _loss(model, x, y, label_smoothing: float):
     targets, which the bundled data does not have.
     """
     logits = model(x)
-    return logits, F.cross_entropy(logits, Tensor(y), label_smoothing=label_smoothing)
+    return logits, F.cross_entropy(logits, y, label_smoothing=label_smoothing)
 
 
 def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, config: TrainConfig,
                     epoch: int) -> tuple[float, float, float]:
     """One pass over ``loader``; returns (mean training loss, training accuracy, images per second).
 
+    A step never waits for the device: the summed loss and the count of correct predictions stay on it,
+    read at most once per progress-bar refresh (tqdm's mininterval) and once at the end.
     ``model`` may be a DistributedDataParallel: its gradients are then averaged over the processes
-    after each backward, and the returned numbers are those of the global batches (all processes).
+    after each backward, and the returned numbers are those of the global batches (all processes; the
+    progress bar, on process 0, shows its own shard's).
     """
     model.train()
     dtype = _dtype(model)
-    total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, dynamic_ncols=True,
-               disable=not (config.progress and distributed.is_main()))
+    sums, seen, start, shown = None, 0, time.perf_counter(), 0.0  # sums: (loss * n, correct), on the device
+    show = config.progress and distributed.is_main()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show,
+               leave=False, dynamic_ncols=True)
     for x, y in bar:
-        logits, loss = _loss(model, Tensor(x.astype(dtype, copy=False)), y, config.label_smoothing)
+        x = Tensor(x.astype(dtype, copy=False), device=loader.device)
+        logits, loss = _loss(model, x, y, config.label_smoothing)
         optimizer.zero_grad()
         loss.backward()
         if isinstance(model, DistributedDataParallel):
@@ -204,14 +209,18 @@ def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, config: Tra
         optimizer.step()
         scheduler.step()
         n = len(y)
-        total_loss += loss.item() * n
-        correct += int((logits.data.argmax(axis=1) == y).sum())
+        batch = logits.xp.stack([loss.data.astype(np.float64) * n,
+                                 (logits.data.argmax(axis=1) == y).sum().astype(np.float64)])
+        sums = batch if sums is None else sums + batch
         seen += n
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",  # of this process
-                        img_s=f"{seen * distributed.world_size() / (time.perf_counter() - start):.0f}",
-                        lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    total_loss, correct, seen = distributed.all_reduce(np.array([total_loss, correct, seen], np.float64))
-    return total_loss / seen, correct / seen, seen / (time.perf_counter() - start)
+        if show and time.perf_counter() - shown >= bar.mininterval:
+            shown = time.perf_counter()
+            total_loss, correct = backend.to_numpy(sums)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False,
+                            img_s=f"{seen * distributed.world_size() / (shown - start):.0f}",
+                            lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    total_loss, correct, seen = distributed.all_reduce(np.append(backend.to_numpy(sums), float(seen)))
+    return float(total_loss) / seen, float(correct) / seen, seen / (time.perf_counter() - start)
 
 
 @no_grad()
@@ -222,15 +231,14 @@ def _evaluate_loader(model, loader: DataLoader, num_classes: int) -> tuple[float
     """
     model.eval()
     dtype = _dtype(model)
-    total_loss, confusion = 0.0, np.zeros((num_classes, num_classes), np.int64)
+    total_loss, counts = 0.0, 0  # on the device until the end: no wait per batch
     for x, y in loader:
-        logits = model(Tensor(x.astype(dtype, copy=False)))
-        total_loss += F.cross_entropy(logits, Tensor(y)).item() * len(y)
-        pred = backend.to_numpy(logits.data.argmax(axis=1))
-        confusion += np.bincount(backend.to_numpy(y) * num_classes + pred,
-                                 minlength=num_classes ** 2).reshape(num_classes, num_classes)
-    total_loss = float(distributed.all_reduce(np.array([total_loss]))[0])
-    confusion = distributed.all_reduce(confusion)
+        logits = model(Tensor(x.astype(dtype, copy=False), device=loader.device))
+        total_loss = total_loss + F.cross_entropy(logits, y).data.astype(np.float64) * len(y)
+        counts = counts + logits.xp.bincount(y * num_classes + logits.data.argmax(axis=1),
+                                             minlength=num_classes ** 2)
+    confusion = distributed.all_reduce(backend.to_numpy(counts)).reshape(num_classes, num_classes)
+    total_loss = float(distributed.all_reduce(backend.to_numpy(total_loss).reshape(1))[0])
     n = int(confusion.sum())
     return total_loss / n, float(np.trace(confusion)) / n, confusion
 
@@ -266,7 +274,7 @@ class TrainConfig:
     clip_grad: float | None = None     # max gradient norm; None: no clipping
     augment: bool = True               # random crop (padding 2) + horizontal flip
     seed: int = 0
-    device: str = "cpu"
+    device: str | None = None          # None: $MINIVOLO_DEVICE, "cpu" when unset
     out: str = "runs"
     name: str | None = None            # None: "<model>-<date>-<time>"
     max_train: int | None = None       # use only the first N training images (quick runs, tests)
@@ -294,6 +302,7 @@ class TrainConfig:
         for key in ("max_train", "max_test", "img_size"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        self.device = self.device or backend.default_device()
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         backend.array_module(self.device)  # raises on an unknown or unavailable device
@@ -302,7 +311,7 @@ class TrainConfig:
 
 # --- using a trained model -------------------------------------------------------------------------
 def evaluate(checkpoint: str | Path, dataset: str | None = None, data_dir: str | None = None,
-             device: str = "cpu", batch_size: int = 256, out: str | Path | None = None) -> dict:
+             device: str | None = None, batch_size: int = 256, out: str | Path | None = None) -> dict:
     """Accuracy, mean loss and confusion matrix of a checkpoint on a test split.
 
     dataset/data_dir default to the ones the model was trained on. Writes ``confusion.png`` into
@@ -322,6 +331,7 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, data_dir: str |
     if test_set.images.shape[1] != ckpt["data"]["in_chans"]:
         raise ValueError(f"the model expects {ckpt['data']['in_chans']}-channel images, dataset {dataset!r} "
                          f"has {test_set.images.shape[1]} channel(s)")
+    device = device or backend.default_device()
     model = model_from_checkpoint(ckpt, device)
     loader = DataLoader(test_set, batch_size, transform=_eval_transform(ckpt["data"]), device=device)
     loss, acc, confusion = _evaluate_loader(model, loader, len(classes))
@@ -365,7 +375,8 @@ def _read_input(image, in_chans: int) -> np.ndarray:
     return a
 
 
-def predict(checkpoint: str | Path, images: Sequence, topk: int = 5, device: str = "cpu") -> list[list[tuple]]:
+def predict(checkpoint: str | Path, images: Sequence, topk: int = 5,
+            device: str | None = None) -> list[list[tuple]]:
     """Top-k ``(class name, probability)`` for each image (file paths or arrays; see ``_read_input``).
 
     Images are padded/cropped to the model's img_size and normalised as in training.
@@ -375,6 +386,7 @@ def predict(checkpoint: str | Path, images: Sequence, topk: int = 5, device: str
     arrays = [_read_input(im, data["in_chans"]) for im in images]
     transform = _eval_transform(data)
     x = np.stack([transform(a[None])[0] for a in arrays])  # per image: they may differ in size
+    device = device or backend.default_device()
     model = model_from_checkpoint(ckpt, device)
     with no_grad():
         x = Tensor(x.astype(_dtype(model)), device=device)
@@ -422,12 +434,13 @@ def _model_img_size(model, config: TrainConfig) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
-def model_from_checkpoint(ckpt: dict, device: str = "cpu"):
-    """The trained model saved in ``ckpt`` (from ``load_checkpoint``), in eval mode on ``device``."""
+def model_from_checkpoint(ckpt: dict, device: str | None = None):
+    """The trained model saved in ``ckpt`` (from ``load_checkpoint``), in eval mode on ``device`` (None:
+    the default device)."""
     config, data = TrainConfig(**ckpt["config"]), ckpt["data"]
     model = _build_model(dataclasses.replace(config, sync_bn=False), len(data["classes"]), data["in_chans"])
     model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
+    return model.to(device or backend.default_device()).eval()
 
 
 # --- outputs ---------------------------------------------------------------------------------------

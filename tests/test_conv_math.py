@@ -58,8 +58,8 @@ def test_unfold_fold_adjoint(case):
     """<unfold(x), y> == <x, fold(y)>: fold is unfold's transpose, hence its backward (and vice versa)."""
     args = unfold_args(case)
     x, y = randn(*case[0], seed=1), randn(*blocks_shape(case), seed=2)
-    lhs = float((F.unfold(mv.Tensor(x), **args).data * y).sum())
-    rhs = float((x * F.fold(mv.Tensor(y), case[0][2:], **args).data).sum())
+    lhs = float((F.unfold(mv.Tensor(x), **args).numpy() * y).sum())
+    rhs = float((x * F.fold(mv.Tensor(y), case[0][2:], **args).numpy()).sum())
     assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs))
 
 
@@ -72,7 +72,7 @@ def test_unfold_fold_gradcheck():
 def test_unfold_channel_major_order():
     """Row c*kh*kw + i*kw + j of unfold holds channel c at kernel offset (i, j)."""
     x = np.arange(2 * 4 * 5, dtype=np.float64).reshape(1, 2, 4, 5)
-    cols = F.unfold(mv.Tensor(x), (2, 3)).data.reshape(2, 2, 3, 3, 3)  # (C, kh, kw, oh, ow)
+    cols = F.unfold(mv.Tensor(x), (2, 3)).numpy().reshape(2, 2, 3, 3, 3)  # (C, kh, kw, oh, ow)
     for c, i, j in itertools.product(range(2), range(2), range(3)):
         np.testing.assert_array_equal(cols[c, i, j], x[0, c, i:i + 3, j:j + 3])
 
@@ -89,8 +89,8 @@ def test_conv2d_is_unfold_then_matmul(groups):
     """conv2d(x, W) = W (O, C/G·k·k) @ unfold(x) (per group), reshaped to (B, O, oh, ow)."""
     x, weight, bias = randn(2, 4, 7, 6, seed=1), randn(6, 4 // groups, 3, 2, seed=2), randn(6, seed=3)
     kwargs = dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2))
-    out = F.conv2d(mv.Tensor(x), mv.Tensor(weight), mv.Tensor(bias), groups=groups, **kwargs).data
-    cols = F.unfold(mv.Tensor(x), (3, 2), **kwargs).data                       # (B, C·3·2, L)
+    out = F.conv2d(mv.Tensor(x), mv.Tensor(weight), mv.Tensor(bias), groups=groups, **kwargs).numpy()
+    cols = F.unfold(mv.Tensor(x), (3, 2), **kwargs).numpy()                      # (B, C·3·2, L)
     cols = cols.reshape(2, groups, -1, cols.shape[-1])                          # (B, G, C/G·3·2, L)
     expected = weight.reshape(groups, 6 // groups, -1) @ cols                   # (B, G, O/G, L)
     expected = expected.reshape(2, 6, *out.shape[2:]) + bias[:, None, None]

@@ -54,10 +54,10 @@ def test_unfold_fold_property(b, c, h, w, kh, kw, dh, dw, ph, pw, sh, sw):
             F.unfold(mv.Tensor(randn(b, c, h, w)), **args)
         return
     x = randn(b, c, h, w, seed=1)
-    cols = F.unfold(mv.Tensor(x), **args).data
+    cols = F.unfold(mv.Tensor(x), **args).numpy()
     np.testing.assert_array_equal(cols, TF.unfold(torch.from_numpy(x), **args).numpy())
     y = randn(*cols.shape, seed=2)
-    folded = F.fold(mv.Tensor(y), (h, w), **args).data
+    folded = F.fold(mv.Tensor(y), (h, w), **args).numpy()
     np.testing.assert_allclose(folded, TF.fold(torch.from_numpy(y), (h, w), **args).numpy(), rtol=1e-12, atol=1e-12)
     assert abs((cols * y).sum() - (x * folded).sum()) <= 1e-12 * max(1.0, abs((cols * y).sum()))
 
@@ -100,7 +100,7 @@ def test_conv2d_skips_input_gradient(monkeypatch):
     F.conv2d(mv.Tensor(x), weight, padding=1).sum().backward()
     tw = torch.from_numpy(w).requires_grad_()
     TF.conv2d(torch.from_numpy(x), tw, padding=1).sum().backward()
-    np.testing.assert_allclose(weight.grad.data, tw.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(weight.grad.numpy(), tw.grad.numpy(), rtol=1e-12, atol=1e-12)
 
 
 # --- pooling ---------------------------------------------------------------------------------------

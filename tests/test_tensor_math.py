@@ -249,7 +249,7 @@ def test_gradcheck_refuses_float32():
 
 
 def test_numpy_item_and_cpu_device():
-    x = mv.Tensor(np.arange(6.0).reshape(2, 3))
+    x = mv.Tensor(np.arange(6.0).reshape(2, 3), device="cpu")
     assert x.device == "cpu" and x.to("cpu") is x
     assert isinstance(x.numpy(), np.ndarray) and x.sum().item() == 15.0
     with pytest.raises(ValueError, match="device"):

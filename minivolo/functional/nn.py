@@ -8,6 +8,9 @@ backward is written out by hand, instead of recording a graph of a dozen element
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .. import backend, distributed
@@ -58,13 +61,42 @@ def relu(input: Tensor) -> Tensor:
     return Tensor.from_op(input.xp.maximum(x, 0), (input,), lambda g: (g * (x > 0),), "relu")
 
 
+# erf is compute-bound (SciPy's costs ~10 exps per element) and SciPy releases the GIL, so on the CPU a large
+# array is split over ERF_THREADS threads. Measured on 2 (busy) cores, float32 (6272, 576): erf 0.81x and
+# exp 0.76x the one-thread time, but memory-bound passes (subtract, multiply) 1.26x: only erf is split.
+ERF_THREADS = min(2, os.cpu_count() or 1)
+_ERF_SPLIT_MIN = 1 << 18  # elements; below this the threads' overhead outweighs the gain
+_erf_pool: tuple | None = None  # (pid, executor): a forked child makes its own (it has no pool threads)
+
+
+def _erf(a):
+    """``backend.erf(a)``, split over ``ERF_THREADS`` threads for a large NumPy array (same values)."""
+    global _erf_pool
+    if ERF_THREADS < 2 or a.size < _ERF_SPLIT_MIN or backend.get_array_module(a) is not np:
+        return backend.erf(a)
+    if _erf_pool is None or _erf_pool[0] != os.getpid() or _erf_pool[1]._max_workers != ERF_THREADS - 1:
+        _erf_pool = (os.getpid(), ThreadPoolExecutor(ERF_THREADS - 1, thread_name_prefix="minivolo-erf"))
+    flat, out = a.reshape(-1), np.empty(a.shape, a.dtype)
+    bounds = np.linspace(0, flat.size, ERF_THREADS + 1).astype(int)
+    chunks = [(out.reshape(-1)[lo:hi], flat[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+    def run(chunk):
+        chunk[0][...] = backend.erf(chunk[1])
+    futures = [_erf_pool[1].submit(run, c) for c in chunks[1:]]
+    run(chunks[0])
+    for f in futures:
+        f.result()
+    return out
+
+
 def erf(input: Tensor) -> Tensor:
     """The error function ``erf(x) = 2/sqrt(pi) int_0^x exp(-t^2) dt``; d/dx = 2/sqrt(pi) exp(-x^2).
 
-    Values from ``backend.erf`` (SciPy on the CPU, CuPy on the GPU), in the input's dtype.
+    Values from ``backend.erf`` (SciPy on the CPU, CuPy on the GPU), in the input's dtype; a large CPU
+    array is split over ``ERF_THREADS`` threads.
     """
     x = input.data
-    return Tensor.from_op(backend.erf(x), (input,),
+    return Tensor.from_op(_erf(x), (input,),
                           lambda g: (g * (2 / math.sqrt(math.pi)) * input.xp.exp(-x * x),), "erf")
 
 
@@ -77,20 +109,46 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
     """
     x, xp = input.data, input.xp
     if approximate == "none":
-        cdf = 0.5 * (1 + backend.erf(x * (1 / math.sqrt(2))))
+        cdf = _erf(x * (1 / math.sqrt(2)))
+        cdf += 1
+        cdf *= 0.5
 
-        def dcdf():
-            return xp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
+        def dcdf(out):                                   # Phi'(x), written into ``out``
+            xp.multiply(x, x, out=out)
+            out *= -0.5
+            xp.exp(out, out=out)
+            out *= 1 / math.sqrt(2 * math.pi)
+            return out
     elif approximate == "tanh":
         k = math.sqrt(2 / math.pi)
-        t = xp.tanh(k * (x + 0.044715 * x * x * x))
-        cdf = 0.5 * (1 + t)
+        t = x * x
+        t *= 0.044715
+        t += 1
+        t *= x
+        t *= k
+        xp.tanh(t, out=t)                               # t = tanh(k (x + 0.044715 x^3))
+        cdf = t + 1
+        cdf *= 0.5
 
-        def dcdf():
-            return 0.5 * k * (1 - t * t) * (1 + 3 * 0.044715 * x * x)
+        def dcdf(out):                                   # 0.5 k (1 - t^2) (1 + 3 * 0.044715 x^2)
+            xp.multiply(t, t, out=out)
+            xp.subtract(1, out, out=out)
+            out *= 0.5 * k
+            s = x * x
+            s *= 3 * 0.044715
+            s += 1
+            out *= s
+            return out
     else:
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    return Tensor.from_op(x * cdf, (input,), lambda g: (g * (cdf + x * dcdf()),), "gelu")
+
+    def backward(g):                                     # g * (Phi(x) + x Phi'(x)), in one buffer
+        dx = dcdf(xp.empty_like(cdf))
+        dx *= x
+        dx += cdf
+        dx *= g
+        return (dx,)
+    return Tensor.from_op(x * cdf, (input,), backward, "gelu")
 
 
 # --- softmax -------------------------------------------------------------------------------------
@@ -99,15 +157,26 @@ def softmax(input: Tensor, dim: int = -1) -> Tensor:
 
     Fused: dx = y * (g - sum_j g_j y_j).
     """
-    y = input.xp.exp(_shift_by_max(input.data, dim))
+    xp = input.xp
+    y = _shift_by_max(input.data, dim, copy=True)
+    xp.exp(y, out=y)
     y /= y.sum(axis=dim, keepdims=True)
-    return Tensor.from_op(y, (input,), lambda g: (y * (g - (g * y).sum(axis=dim, keepdims=True)),),
-                          "softmax")
+
+    def backward(g):                                     # one buffer: gy, then (g - sum gy) * y
+        gx = xp.multiply(g, y)
+        s = gx.sum(axis=dim, keepdims=True)
+        xp.subtract(g, s, out=gx)
+        gx *= y
+        return (gx,)
+    return Tensor.from_op(y, (input,), backward, "softmax")
 
 
-def _shift_by_max(x, dim: int):
-    """``x - max x`` along ``dim`` (so that exp cannot overflow); an empty ``x`` as it is (no max)."""
-    return x - x.max(axis=dim, keepdims=True) if x.size else x
+def _shift_by_max(x, dim: int, copy: bool = False):
+    """``x - max x`` along ``dim`` (so that exp cannot overflow), a new array; an empty ``x`` as it is
+    (no max), or a copy when ``copy`` (so that the caller may write into the result)."""
+    if not x.size:
+        return x.copy() if copy else x
+    return x - x.max(axis=dim, keepdims=True)
 
 
 def _log_softmax(x, dim: int):
@@ -115,8 +184,9 @@ def _log_softmax(x, dim: int):
     xp = backend.get_array_module(x)
     if not x.size:
         return x.copy()  # empty in, empty out (log of the empty sum would be -inf)
-    shifted = _shift_by_max(x, dim)
-    return shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
+    y = _shift_by_max(x, dim)
+    y -= xp.log(xp.exp(y).sum(axis=dim, keepdims=True))
+    return y
 
 
 def log_softmax(input: Tensor, dim: int = -1) -> Tensor:
@@ -124,9 +194,15 @@ def log_softmax(input: Tensor, dim: int = -1) -> Tensor:
 
     Fused: dx = g - softmax(x) * sum_j g_j, with softmax(x) = exp(y).
     """
+    xp = input.xp
     y = _log_softmax(input.data, dim)
-    return Tensor.from_op(y, (input,), lambda g: (g - input.xp.exp(y) * g.sum(axis=dim, keepdims=True),),
-                          "log_softmax")
+
+    def backward(g):                                     # one buffer: exp(y), then g - exp(y) sum g
+        gx = xp.exp(y)
+        gx *= g.sum(axis=dim, keepdims=True)
+        xp.subtract(g, gx, out=gx)
+        return (gx,)
+    return Tensor.from_op(y, (input,), backward, "log_softmax")
 
 
 # --- normalisation -------------------------------------------------------------------------------
@@ -151,30 +227,49 @@ def _normalize(op: str, input: Tensor, weight, bias, stat_axes: tuple, param_sha
             return [a.mean(axis=stat_axes, keepdims=True) for a in arrays]
     if batch_stats:
         mean, = means(x)
-        xc = x - mean
-        var, = means(xc * xc)
     else:
-        xc = x - mean
+        mean = xp.array(mean)  # a view of running stats may change before the backward normalises again
+    xhat = x - mean                                      # x - mean, normalised in place below
+    if batch_stats:
+        var, = means(xp.square(xhat))
     rstd = 1 / xp.sqrt(var + eps)
-    xhat = xc * rstd
+    xhat *= rstd
     w = None if weight is None else weight.data.reshape(param_shape)
     b = None if bias is None else bias.data.reshape(param_shape)
     out = xhat if w is None else xhat * w
-    out = out if b is None else out + b
+    if b is not None:
+        out = out + b if out is xhat or xp.result_type(out, b) != out.dtype else xp.add(out, b, out=out)
+    del xhat  # the backward normalises x again (two passes) rather than keep a copy of x alive
+
+    def normalized():
+        xhat = x - mean
+        xhat *= rstd
+        return xhat
     parents = [input] + [p for p in (weight, bias) if p is not None]
     param_axes = tuple(i for i, n in enumerate(param_shape) if n == 1)
 
-    def backward(g):
+    def backward(g):  # three full-size buffers: xhat, g * xhat (for dw and mean(gh * xhat)) and gx
         gx = gw = gb = None
+        need_gw = weight is not None and weight.requires_grad
+        xhat = normalized() if need_gw or (input.requires_grad and batch_stats) else None
+        gxhat = g * xhat if xhat is not None else None
+        if need_gw:
+            gw = gxhat.sum(axis=param_axes).reshape(weight.shape)
         if input.requires_grad:
-            gh = g if w is None else g * w
+            gx = g * rstd if w is None else g * w
             if batch_stats:
-                mean_gh, mean_ghx = means(gh, gh * xhat)
-                gx = rstd * (gh - mean_gh - xhat * mean_ghx)
-            else:
-                gx = gh * rstd
-        if weight is not None and weight.requires_grad:
-            gw = (g * xhat).sum(axis=param_axes).reshape(weight.shape)
+                if w is not None:
+                    gxhat *= w                                    # gh * xhat
+                mean_gh, mean_ghxhat = means(g if w is None else gx, gxhat)   # gx is gh here when w is given
+                gx_mean, proj = mean_gh * rstd, mean_ghxhat * rstd
+                del gxhat
+                if w is not None:
+                    gx *= rstd                                    # rstd * gh
+                xhat *= proj
+                gx -= gx_mean
+                gx -= xhat                                        # rstd * (gh - mean(gh) - xhat mean(gh xhat))
+            elif w is not None:
+                gx *= rstd
         if bias is not None and bias.requires_grad:
             gb = g.sum(axis=param_axes).reshape(bias.shape)
         return [gx] + [gp for p, gp in ((weight, gw), (bias, gb)) if p is not None]
@@ -208,7 +303,8 @@ def batch_norm(input: Tensor, running_mean, running_var, weight: Tensor | None =
     training: use the batch's mean and biased variance, and (when given) update the running
     statistics in place, ``r = (1 - momentum) r + momentum s``, with the *unbiased* variance for
     running_var (exactly as PyTorch). Not training: use running_mean/running_var.
-    running_* are Tensors (their ``.data`` is updated), arrays, or None. weight, bias: (C,).
+    running_* are Tensors (their ``.data`` is updated), arrays, or None; on another device than the
+    input (host arrays with a GPU input) they are read there and written back in place. weight, bias: (C,).
     Fused forward/backward (see ``_normalize``). ``all_reduce`` (minivolo's, for SyncBatchNorm: e.g.
     ``distributed.all_reduce``, summing an array over the processes): the statistics and the two
     gradient means of the backward are then those of the global batch: per-process sums all-reduced
@@ -228,7 +324,8 @@ def batch_norm(input: Tensor, running_mean, running_var, weight: Tensor | None =
     if not training:
         if running[0] is None or running[1] is None:
             raise ValueError("batch_norm: running_mean and running_var are needed when training=False")
-        stats = [r.reshape(param_shape).astype(input.dtype, copy=False) for r in running]
+        stats = [backend.to_device(r, input.device).reshape(param_shape).astype(input.dtype, copy=False)
+                 for r in running]
         return _normalize("batch_norm", input, weight, bias, axes, param_shape, eps, *stats)[0]
     n = input.size // c
     means = None
@@ -244,7 +341,8 @@ def batch_norm(input: Tensor, running_mean, running_var, weight: Tensor | None =
     out, mean, var = _normalize("batch_norm", input, weight, bias, axes, param_shape, eps, means=means)
     for r, stat in zip(running, (mean, var * (n / (n - 1)))):
         if r is not None:
-            r[...] = momentum * stat.reshape(c).astype(r.dtype) + (1 - momentum) * r
+            new = momentum * stat.reshape(c).astype(r.dtype) + (1 - momentum) * backend.to_device(r, input.device)
+            r[...] = backend.to_device(new, backend.device_of(r))
     return out
 
 
@@ -253,14 +351,13 @@ def _keep_mask(x: Tensor, shape: tuple, keep_prob: float, scale: bool, global_ba
     """A Bernoulli(keep_prob) mask of ``shape`` in x's dtype and device, divided by keep_prob when
     ``scale``, drawn from ``backend.generator`` of x's device. ``global_batch``: drawn for the global
     batch of a data-parallel run and cut to this rank's rows (``distributed.global_batch_rows``)."""
-    xp = x.xp
     generator = backend.generator(x.device)
     draw = lambda s: generator.random(s, dtype=np.float32)  # noqa: E731
     keep = (distributed.global_batch_rows(draw, shape) if global_batch else draw(shape)) < keep_prob
     mask = keep.astype(x.dtype)
     if scale and keep_prob > 0:
-        mask /= xp.asarray(keep_prob, dtype=x.dtype)
-    return Tensor(mask)
+        mask /= x.dtype.type(keep_prob)  # a NumPy scalar: no host array to copy
+    return Tensor(mask, device=x.device)
 
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
@@ -308,7 +405,8 @@ def _class_distribution(op: str, input: Tensor, target, weight, ignore_index: in
                          f"without the class dim), got {tuple(t.shape)}")
     valid = t != ignore_index
     t = xp.where(valid, t, 0)
-    if bool(((t < 0) | (t >= c)).any()):
+    bad = ((t < 0) | (t >= c)).any()
+    if xp is np and bad:  # on a GPU this check would wait for the device: a bad target makes q NaN there
         raise ValueError(f"{op}: target values must be in [0, {c}) or ignore_index={ignore_index}")
     classes = xp.arange(c).reshape((1, c) + (1,) * (input.ndim - 2))
     q = (xp.expand_dims(t, 1) == classes).astype(input.dtype)
@@ -316,6 +414,8 @@ def _class_distribution(op: str, input: Tensor, target, weight, ignore_index: in
         q *= 1 - smoothing
         q += smoothing / c
     q *= xp.expand_dims(valid, 1)
+    if xp is not np:
+        q += xp.where(bad, xp.nan, 0).astype(q.dtype)
     if weight is None:
         return q, valid.sum().astype(input.dtype), xp.expand_dims(valid, 1)
     w = weight.reshape(classes.shape).astype(input.dtype, copy=False)
@@ -329,8 +429,10 @@ def _reduce(loss, reduction: str, divisor):
     xp = backend.get_array_module(loss)
     if reduction == "sum":
         return xp.asarray(loss.sum()), lambda g: g
-    if not loss.size or not divisor:  # nothing counted (an empty batch, all ignored): 0/0 = NaN, as torch
-        nan = xp.asarray(math.nan, dtype=loss.dtype)
+    # nothing counted (an empty batch, all ignored): 0/0 = NaN, as torch; on a GPU the division gives that
+    # NaN by itself, and testing the divisor would wait for the device
+    if not loss.size or (xp is np and not divisor):
+        nan = xp.full((), math.nan, dtype=loss.dtype)
         return nan, lambda g: g * nan
     return xp.asarray(loss.sum() / divisor), lambda g: g / divisor
 
@@ -374,7 +476,7 @@ def cross_entropy(input: Tensor, target, weight: Tensor | None = None, ignore_in
         wb = 1 if w is None else w.reshape((1, c) + (1,) * (input.ndim - 2))
         smoothed = target.data * (1 - label_smoothing) + label_smoothing / c if label_smoothing else target.data
         q, valid = smoothed * wb, None
-        divisor = xp.asarray(input.size // c, dtype=input.dtype)
+        divisor = xp.full((), input.size // c, dtype=input.dtype)
     else:
         q, divisor, valid = _class_distribution("cross_entropy", input, target.data, w, ignore_index,
                                                 label_smoothing)

@@ -50,10 +50,11 @@ def check_bbox(bbox: tuple, grid_hw: tuple) -> tuple:
 def paste_flipped(x: Tensor, box: tuple) -> Tensor:
     """x (B, H, W, C) with the tokens inside box (rows r1:r2, columns c1:c2) taken from x.flip(0)."""
     r1, c1, r2, c2 = box
-    inside = np.zeros((1, x.shape[1], x.shape[2], 1), dtype=bool)  # (1, H, W, 1), broadcast over B and C
-    inside[:, r1:r2, c1:c2] = True
+    rows = x.xp.arange(x.shape[1]).reshape(1, -1, 1, 1)  # built on x's device: no host array to copy
+    cols = x.xp.arange(x.shape[2]).reshape(1, 1, -1, 1)
+    inside = (rows >= r1) & (rows < r2) & (cols >= c1) & (cols < c2)  # (1, H, W, 1), broadcast over B and C
     # x.flip(0) of the global batch: in a data-parallel run the partner rows live on another process
-    return where(backend.to_device(inside, x.device), distributed.flip_batch(x), x)
+    return where(inside, distributed.flip_batch(x), x)
 
 
 def mix_tokens(x: Tensor, grid_hw: tuple, pooling_scale: int, beta: float, bbox: tuple | None = None,

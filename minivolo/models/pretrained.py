@@ -16,6 +16,7 @@ import zipfile
 
 import numpy as np
 
+from .. import backend
 from .. import functional as F
 from ..nn.module import IncompatibleKeys, Module
 from ..tensor import Tensor, no_grad
@@ -158,7 +159,7 @@ def save_npz(model: Module, path: str) -> None:
 def resize_pos_embed(pos_embed, new_hw: tuple):
     """Resample a (1, H, W, C) position embedding to (1, new_h, new_w, C), bicubic, align_corners=False
     (as F.interpolate / torch). Takes and returns a host or device array."""
-    pos = Tensor(pos_embed)
+    pos = Tensor(pos_embed, device=backend.device_of(pos_embed))
     if pos.ndim != 4 or pos.shape[0] != 1:
         raise ValueError(f"pos_embed must have shape (1, H, W, C), got {tuple(pos.shape)}")
     if tuple(pos.shape[1:3]) == tuple(new_hw):

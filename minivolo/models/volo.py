@@ -373,7 +373,8 @@ class VOLO(Module):
     def forward_cls(self, x: Tensor) -> Tensor:
         """(B, N, C) -> (B, 1 + N, C): prepend the class token, run the class-attention blocks."""
         B, N, C = x.shape
-        cls_tokens = self.cls_token + Tensor(self.cls_token.xp.zeros((B, 1, C), dtype=x.dtype))  # expand
+        zeros = Tensor(self.cls_token.xp.zeros((B, 1, C), dtype=x.dtype), device=self.cls_token.device)
+        cls_tokens = self.cls_token + zeros  # expand
         x = concatenate([cls_tokens, x], axis=1)  # (B, 1 + N, C)
         for block in self.post_network:
             x = block(x)                          # (B, 1 + N, C): only token 0 changes
