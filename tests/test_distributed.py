@@ -69,10 +69,10 @@ def test_nccl_without_a_gpu_is_a_clear_error():
 def test_global_batch_helpers_in_one_process():
     x = Tensor(np.arange(6.0).reshape(3, 2), requires_grad=True)
     y = dist.flip_batch(x)
-    np.testing.assert_array_equal(y.data, x.data[::-1])
+    np.testing.assert_array_equal(y.numpy(), x.numpy()[::-1])
     w = np.arange(6.0).reshape(3, 2) + 1
     (y * Tensor(w)).sum().backward()
-    np.testing.assert_array_equal(x.grad.data, w[::-1])
+    np.testing.assert_array_equal(x.grad.numpy(), w[::-1])
     rows = dist.global_batch_rows(lambda shape: np.arange(np.prod(shape)).reshape(shape), (3, 2))
     np.testing.assert_array_equal(rows, np.arange(6).reshape(3, 2))
 
@@ -227,7 +227,7 @@ def test_batch_norm_with_all_reduce_equals_batch_norm_of_the_whole_batch():
         rm, rv = np.zeros(3), np.ones(3)
         out = F.batch_norm(xt, rm, rv, w, b, training=True, all_reduce=all_reduce)
         out.backward(g)
-        return [out.data, xt.grad.data, w.grad.data, b.grad.data, rm, rv]
+        return [out.numpy(), xt.grad.numpy(), w.grad.numpy(), b.grad.numpy(), rm, rv]
 
     barrier, slots = threading.Barrier(2), [None, None]
 
