@@ -203,6 +203,11 @@ def _compare(yours, expected, what: str, atol: float | None, rtol: float | None)
         exact = e.dtype.kind in "biu" and y.dtype.kind in "biu"
         a, r = (0.0, 0.0) if exact else (1e-8, 1e-5)  # a number worked out in float32 passes
         return _differs(y, e, what, a if atol is None else atol, r if rtol is None else rtol)
+    if isinstance(expected, (tuple, list)):  # a tuple of arrays (and numbers): element by element
+        if not isinstance(yours, (tuple, list)) or len(yours) != len(expected):
+            return f"{what} is {_short(yours)}, expected a {type(expected).__name__} of {len(expected)} items"
+        return next((p for i, (y, e) in enumerate(zip(yours, expected))
+                     if (p := _compare(y, e, f"{what}[{i}]", atol, rtol))), None)
     if yours != expected:
         return f"{what} is {yours!r}, expected {expected!r}"
     return None

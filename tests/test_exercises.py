@@ -515,3 +515,13 @@ def test_draw_graph_draws_every_node_and_edge_and_saves_a_png(tmp_path):
 
     other = Figure().subplots()
     assert draw_graph(e, ax=other) is other and len(other.patches) == 16
+
+
+def test_check_function_compares_tuples_of_arrays_item_by_item():
+    expected = (np.arange(3.0), np.ones((2, 2)))
+    right = check_function(lambda s: (np.arange(3.0), np.ones((2, 2))), [((0,), expected)], verbose=False)
+    assert right.passed, right.message
+    wrong = check_function(lambda s: (np.arange(3.0), 2 * np.ones((2, 2))), [((0,), expected)], verbose=False)
+    assert wrong.status == "wrong" and "[1]" in wrong.message
+    short = check_function(lambda s: (np.arange(3.0),), [((0,), expected)], verbose=False)
+    assert short.status == "wrong" and "2 items" in short.message

@@ -23,6 +23,7 @@ def outlook_aggregate(attn: Tensor, v: Tensor, kernel_size: int, padding: int, s
         y    = attn @ cols         (B, oh, ow, h, k², d)
         out  = fold(y)             (B, H, W, C)
     backward: g_y = unfold(g_out); g_attn = g_y @ colsᵀ; g_cols = attnᵀ @ g_y; g_v = fold(g_cols).
+    The forward does not keep cols (k² copies of v): the backward unfolds v again, one copy.
     """
     B, H, W, C = v.shape
     heads = attn.shape[3]
@@ -32,13 +33,21 @@ def outlook_aggregate(attn: Tensor, v: Tensor, kernel_size: int, padding: int, s
                          f"v ({H}x{W}) with kernel_size {kernel_size}, padding {padding}, stride {stride} "
                          f"gives {window.out[0]}x{window.out[1]}")
     weights = attn.data                                                        # (B, oh, ow, h, k², k²)
-    cols = _im2col(v.data.reshape(B, H, W, heads, C // heads), window, "channels_last")  # (B, oh, ow, h, k², d)
+    heads_last = (B, H, W, heads, C // heads)
+    cols = _im2col(v.data.reshape(heads_last), window, "channels_last")        # (B, oh, ow, h, k², d)
     out = _col2im(weights @ cols, (H, W), window, "channels_last").reshape(B, H, W, C)
+    del cols  # k² copies of v: the backward unfolds v again (one copy) rather than keep them alive
 
     def backward(g):                                                           # g: (B, H, W, C)
-        g_y = _im2col(g.reshape(B, H, W, heads, C // heads), window, "channels_last")  # (B, oh, ow, h, k², d)
-        g_attn = g_y @ cols.swapaxes(-1, -2) if attn.requires_grad else None  # (B, oh, ow, h, k², k²)
-        g_v = _col2im(weights.swapaxes(-1, -2) @ g_y, (H, W), window, "channels_last").reshape(B, H, W, C) \
-            if v.requires_grad else None
+        g_y = _im2col(g.reshape(heads_last), window, "channels_last")          # (B, oh, ow, h, k², d)
+        g_attn = g_v = None
+        if attn.requires_grad:
+            cols = _im2col(v.data.reshape(heads_last), window, "channels_last")
+            g_attn = g_y @ cols.swapaxes(-1, -2)                               # (B, oh, ow, h, k², k²)
+            del cols
+        if v.requires_grad:
+            g_cols = weights.swapaxes(-1, -2) @ g_y
+            del g_y
+            g_v = _col2im(g_cols, (H, W), window, "channels_last").reshape(B, H, W, C)
         return g_attn, g_v
     return Tensor.from_op(out, (attn, v), backward, "outlook_aggregate")
