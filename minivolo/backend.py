@@ -142,7 +142,10 @@ def constant(make: Callable[..., np.ndarray]) -> Callable:
     The array is shared: never write into it."""
     @functools.lru_cache(maxsize=1024)
     def cached(args, device, module_id):
-        return to_device(make(*args), device)
+        out = to_device(make(*args), device)
+        if isinstance(out, np.ndarray):
+            out.flags.writeable = False  # shared between calls
+        return out
 
     @functools.wraps(make)
     def get(*args, device: str):

@@ -137,15 +137,18 @@ def test_cross_entropy_target_out_of_range_on_the_device_is_nan_without_waiting(
                                rtol=1e-6)
 
 
-def test_a_training_iteration_waits_on_the_device_at_most_twice_and_copies_only_its_batch(on_fakecupy, tmp_path):
+@pytest.mark.parametrize("progress", [False, True], ids=["quiet", "progress bar"])
+def test_a_training_iteration_waits_on_the_device_at_most_twice_and_copies_only_its_batch(on_fakecupy, tmp_path,
+                                                                                          progress):
     """volo_tiny, the default augmentation (random crop + flip), AdamW: the cost of an iteration is the
     difference between a run of 4 iterations and a run of 1 (everything else is the same in both). Budget:
-    2 synchronisations, 2 copies (the images and the labels)."""
+    2 synchronisations, 2 copies (the images and the labels). The progress bar reads the running loss at
+    most once per refresh."""
     from minivolo import train as T
 
     def run(name, iterations):
         T.train(out=str(tmp_path), name=name, model="volo_tiny", epochs=1, batch_size=4, max_train=4 * iterations,
-                max_test=4, eval_batch_size=4, device="cuda", progress=False)
+                max_test=4, eval_batch_size=4, device="cuda", progress=progress)
 
     run("warm-up", 1)  # constants cached on the device (pooling divisors, ...) are built here
     counts = {}

@@ -12,7 +12,7 @@ def _conv2d(impl, x, w, b, g, monkeypatch, **kwargs):
     xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x, w, b))
     out = conv.conv2d(xt, wt, bt, **kwargs)
     out.backward(g)
-    return out.data, xt.grad.data, wt.grad.data, bt.grad.data
+    return out.numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()
 
 
 @pytest.mark.parametrize("B, C, H, W, O, k, kwargs", [
@@ -51,7 +51,7 @@ def test_conv2d_auto_picks_taps_for_the_stem_shape(monkeypatch):
     monkeypatch.setattr(conv, "_conv2d_taps", lambda *a: calls.append(1) or taps(*a))
     out = conv.conv2d(Tensor(x), Tensor(w), padding=1)
     monkeypatch.setattr(conv, "CONV2D_IMPL", "im2col")
-    np.testing.assert_allclose(out.data, conv.conv2d(Tensor(x), Tensor(w), padding=1).data, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out.numpy(), conv.conv2d(Tensor(x), Tensor(w), padding=1).numpy(), rtol=0, atol=1e-12)
     assert calls == [1]
 
 
