@@ -94,13 +94,19 @@ def load_checkpoint(path: str | Path) -> dict:
         path = path / "last.npz"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    return read_npz(path, CHECKPOINT_FORMAT, "minivolo checkpoint", _unpack)
+
+
+def read_npz(path: Path, format: str, what: str, build: Callable[[dict, dict], object]):
+    """``build(meta, arrays)`` of an .npz written with a JSON ``meta`` entry of the given ``format``
+    (checkpoints, label maps); a truncated, corrupt or foreign file is a ValueError naming it."""
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         meta = json.loads(str(arrays.pop("meta")[()]))
-        if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"expected format {CHECKPOINT_FORMAT!r}")
-        return _unpack(meta, arrays)
+        if not isinstance(meta, dict) or meta.get("format") != format:
+            raise ValueError(f"expected format {format!r}")
+        return build(meta, arrays)
     except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, OSError, TypeError) as e:
-        raise ValueError(f"{path}: not a readable minivolo checkpoint (truncated or corrupt?): "
+        raise ValueError(f"{path}: not a readable {what} (truncated or corrupt?): "
                          f"{type(e).__name__}: {e}") from e

@@ -10,10 +10,8 @@ depth works), sums the gradients of tensors used more than once, reduces broadca
 parent's shape, and stores ``.grad`` on the leaves. Each node's closure, and the arrays it captured,
 are dropped as soon as it has run, unless ``retain_graph=True``.
 
-Here are the primitive ops, each with its backward. Methods composed of them (mean, var, transpose,
-squeeze, ...) and torch's type promotion live in ``parity.py``; cat, stack, where and maximum in
-``tensor_functions.py``.
-"""
+Here: the primitive ops, each with its backward. Composed methods (mean, var, transpose, squeeze, ...)
+and torch's type promotion: ``parity.py``; cat, stack, where and maximum: ``tensor_functions.py``."""
 from __future__ import annotations
 
 import contextlib
@@ -375,6 +373,16 @@ def unbroadcast(g, shape: tuple):
     return g.reshape(shape)
 
 
+def _one_device(name: str, items) -> str | None:
+    """The device of the Tensors among ``items`` (None if none); RuntimeError naming two devices, as torch."""
+    devices = [(i, t.device) for i, t in enumerate(items) if isinstance(t, Tensor)]
+    other = next(((i, d) for i, d in devices if d != devices[0][1]), None)
+    if other:
+        raise RuntimeError(f"{name + ': ' if name else ''}expected all tensors on the same device, but found at least "
+                           f"two devices, {devices[0][1]} (tensor {devices[0][0]}) and {other[1]} (tensor {other[0]})")
+    return devices[0][1] if devices else None
+
+
 def _common(*items) -> tuple:
     """``items`` as Tensors and their arrays, the arrays cast to PyTorch's result dtype (``result_type``).
 
@@ -383,7 +391,7 @@ def _common(*items) -> tuple:
     """
     dtype = parity.result_type(*(t.data if isinstance(t, Tensor) else parity.as_array(t) if not isinstance(
         t, parity.NUMBERS) else t.item() if isinstance(t, np.generic) else t for t in items))
-    device = next((t.device for t in items if isinstance(t, Tensor)), None) or backend.default_device()
+    device = _one_device("", items) or backend.default_device()
     tensors = [t if isinstance(t, Tensor) else Tensor(backend.array_module(device).full((), t, dtype)
                                                       if np.isscalar(t) else t, device=device) for t in items]
     return tensors, [t.data.astype(dtype, copy=False) for t in tensors]

@@ -13,18 +13,13 @@ from typing import Sequence
 import numpy as np
 
 from . import parity
-from .tensor import Tensor, _common
+from .tensor import Tensor, _common, _one_device
 
 
 def _tensors(name: str, items) -> list:
     """``items`` as Tensors on one device, host data joining the tensors' device; RuntimeError naming the
     devices when the tensors are on different ones, as torch."""
-    first = next((i for i, t in enumerate(items) if isinstance(t, Tensor)), None)
-    device = None if first is None else items[first].device
-    for i, t in enumerate(items):
-        if isinstance(t, Tensor) and t.device != device:
-            raise RuntimeError(f"{name}: expected all tensors on the same device, but found at least two "
-                               f"devices, {device} (tensor {first}) and {t.device} (tensor {i})")
+    device = _one_device(name, items)
     return [t if isinstance(t, Tensor) else Tensor(t, device=device) for t in items]
 
 

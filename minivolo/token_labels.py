@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import json
 import math
-import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from . import backend
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, read_npz
 from .datasets import DataLoader
 from .tensor import Tensor, no_grad
 
@@ -192,16 +191,7 @@ def load_label_maps(path: str | Path, dataset=None, *, img_size=None, grid=None)
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"no label-map file at {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(str(arrays.pop("meta")[()]))
-        if not isinstance(meta, dict) or meta.get("format") != LABEL_MAPS_FORMAT:
-            raise ValueError(f"expected format {LABEL_MAPS_FORMAT!r}")
-        maps = LabelMaps(path, meta, arrays)
-    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, OSError, TypeError) as e:
-        raise ValueError(f"{path}: not a readable label-map file (truncated or corrupt?): "
-                         f"{type(e).__name__}: {e}") from e
+    maps = read_npz(path, LABEL_MAPS_FORMAT, "label-map file", lambda meta, arrays: LabelMaps(path, meta, arrays))
     _check_arrays(maps)
     problems = []
     if dataset is not None:

@@ -188,3 +188,13 @@ def test_a_run_saved_on_one_device_resumes_on_the_other(on_fakecupy, tmp_path, m
     a, b = T.load_checkpoint(tmp_path / "full"), T.load_checkpoint(tmp_path / "cut")
     for k, v in a["model"].items():
         assert np.array_equal(v, b["model"][k]), k
+
+
+@pytest.mark.parametrize("op", [lambda a, b: a + b, lambda a, b: a * b, lambda a, b: a @ b,
+                                lambda a, b: mv.where(np.array([True, False]), a, b)],
+                         ids=["add", "mul", "matmul", "where"])
+def test_arithmetic_on_different_devices_is_a_clear_error(on_fakecupy, op):
+    a, b = on("cuda", np.ones(2)), on("cpu", np.ones(2))
+    with pytest.raises(RuntimeError, match=r"expected all tensors on the same device, but found at least two "
+                                           r"devices, cuda \(tensor 0\) and cpu \(tensor 1\)"):
+        op(a, b)
