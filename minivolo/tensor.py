@@ -325,8 +325,8 @@ def _freed(g):
                        "by the first backward(); pass retain_graph=True to that call")
 
 
-def _topological_order(root: Tensor) -> list:
-    """Nodes that need a gradient, each after all of its parents (iterative depth-first search)."""
+def _topological_order(root: Tensor, constants: bool = False) -> list:
+    """Nodes that need a gradient (and the constants, when asked), each after its parents (iterative DFS)."""
     order, seen, stack = [], set(), [(root, False)]
     while stack:
         node, expanded = stack.pop()
@@ -337,7 +337,7 @@ def _topological_order(root: Tensor) -> list:
             continue
         seen.add(id(node))
         stack.append((node, True))
-        stack.extend((p, False) for p in node._parents if p.requires_grad and id(p) not in seen)
+        stack.extend((p, False) for p in node._parents if (constants or p.requires_grad) and id(p) not in seen)
     return order
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .tensor import Tensor
+from .tensor import Tensor, _topological_order
 
 
 @dataclass
@@ -52,21 +52,10 @@ def graph_layout(tensor: Tensor, names: dict | None = None, max_nodes: int = 200
     if not isinstance(tensor, Tensor):
         raise TypeError(f"graph_layout expects a Tensor, got {type(tensor).__name__}")
     named = {id(v): k for k, v in (names or {}).items() if isinstance(v, Tensor)}
-    # post-order depth-first search (iterative): every tensor after its parents
-    order, seen, stack = [], set(), [(tensor, False)]
-    while stack:
-        t, done = stack.pop()
-        if done:
-            order.append(t)
-            continue
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        if len(seen) > max_nodes:
-            raise ValueError(f"the graph has more than max_nodes={max_nodes} tensors; draw_graph is meant "
-                             "for small expressions (pass a larger max_nodes to draw it anyway)")
-        stack.append((t, True))
-        stack.extend((p, False) for p in reversed(getattr(t, "_parents", ())) if id(p) not in seen)
+    order = _topological_order(tensor, constants=True)  # every tensor after its parents
+    if len(order) > max_nodes:
+        raise ValueError(f"the graph has more than max_nodes={max_nodes} tensors; draw_graph is meant "
+                         "for small expressions (pass a larger max_nodes to draw it anyway)")
 
     level = {}  # an op's output: one more than its deepest parent; a leaf: one less than its first user
     users: dict[int, list[int]] = {}
