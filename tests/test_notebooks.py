@@ -66,16 +66,10 @@ def _ids(paths):
 @pytest.fixture(scope="module")
 def kernel():
     """build.py's kernel (this interpreter), with this checkout first on the kernel's PYTHONPATH."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([old] if old else []))
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", str(ROOT), prepend=os.pathsep)
         with build.this_interpreter_kernel() as name:
             yield name
-    finally:
-        if old is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = old
 
 
 def verdicts(cell) -> list[tuple[str, str]]:
