@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   python -m minivolo evaluate runs/NAME/best.npz
   python -m minivolo predict runs/NAME/best.npz shirt.png --topk 3
   python -m minivolo relabel runs/NAME/best.npz --out labels.npz   # a teacher's dense label maps
+  python -m minivolo train --mix-token --token-labels labels.npz   # VOLO's recipe: token labeling + MixToken
   python -m minivolo info volo_d1
 """
 
@@ -96,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sync-bn", action="store_true", default=None,
         help="data-parallel runs: the stem's BatchNorms use the statistics of all processes (SyncBatchNorm)")
     add("--dtype", choices=("float32", "float64"), help=f"parameters and inputs (default: {d.dtype})")
+    add("--mix-token", action="store_true", default=None,
+        help="MixToken: train through forward_train with TokenLabelCrossEntropy (default: off)")
+    add("--token-labels", metavar="PATH",
+        help="token labeling with a teacher's label maps (from `relabel`); combines with --mix-token")
+    add("--distill", metavar="PATH",
+        help="plain distillation: class-level soft targets from a label-map file (not with --token-labels "
+             "or --mix-token)")
+    add("--dense-weight", type=_non_negative_float,
+        help=f"weight of the per-token loss with --mix-token/--token-labels (default: {d.dense_weight})")
 
     e = sub.add_parser("evaluate", help="accuracy and confusion matrix of a checkpoint",
                        description="Evaluate a checkpoint on a test split; writes confusion.png next to it.")

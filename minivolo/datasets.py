@@ -5,14 +5,19 @@
     load_dataset(name, ...)   the bundled Fashion-MNIST subset, fashion-mnist, mnist, cifar10, cifar100,
                               imagefolder
     DataLoader                batches (x, y) on a device; order and augmentation a pure function of
-                              (seed, epoch), so a resumed run sees the same batches as an uninterrupted one
+                              (seed, epoch), so a resumed run sees the same batches as an uninterrupted one;
+                              with return_params=True, (x, y, params): the sample indices and the crop
+                              boxes and flips the augmentations drew (for token-label targets)
     RandomCrop, RandomHorizontalFlip, Normalize, Resize, Compose
                               augmentations on whole batches x: (B, C, H, W) -> (B, C, H', W'), NumPy or
                               CuPy, with no Python loop over samples or pixels
 
 The random numbers of the augmentations come from ``rng``, a generator on the batch's device
 (``numpy.random.Generator`` or ``cupy.random.Generator``), so that a GPU batch needs no host arrays: per
-batch, only the uint8 images and the labels cross to the device.
+batch, only the uint8 images and the labels cross to the device. Every transform is called as
+``t(x, rng)``, or ``t(x, rng, params)`` when the loader records parameters: ``params`` is a dict in which
+RandomCrop writes the crop boxes and RandomHorizontalFlip the flips it drew (on the batch's device, as
+torchvision's ``get_params`` returns them), so that targets can follow the augmentation.
 """
 from __future__ import annotations
 
@@ -290,6 +295,8 @@ class RandomCrop:
     """Zero-pad by ``padding`` on each side, then crop ``size`` at a random offset per sample.
 
     x: (B, C, H, W) -> (B, C, h, w); out[b] = pad(x)[b, :, t_b:t_b+h, l_b:l_b+w], t_b ~ U{0..H+2p-h}.
+    With a ``params`` dict, writes ``params["boxes"]``: (B, 4) = (x1, y1, x2, y2) of each crop in pixels
+    of the un-padded input (``token_labels.crop_boxes``), float64 on x's device.
     """
 
     def __init__(self, size: int | Sequence[int], padding: int = 0):
@@ -297,7 +304,7 @@ class RandomCrop:
             raise ValueError(f"RandomCrop: padding must be >= 0, got {padding}")
         self.size, self.padding = _pair(size), int(padding)
 
-    def __call__(self, x, rng):
+    def __call__(self, x, rng, params: dict | None = None):
         xp = backend.get_array_module(x)
         p, (h, w) = self.padding, self.size
         if p:
@@ -308,6 +315,9 @@ class RandomCrop:
         # drawn on x's device when rng is (asarray copies a host generator's draws once)
         top = xp.asarray(rng.integers(0, H - h + 1, size=B))
         left = xp.asarray(rng.integers(0, W - w + 1, size=B))
+        if params is not None:  # x1 = left - p, y1 = top - p (the box in the un-padded image)
+            x1, y1 = left.astype(np.float64) - p, top.astype(np.float64) - p
+            params["boxes"] = xp.stack([x1, y1, x1 + w, y1 + h], axis=1)
         # One gather: index arrays broadcast to (B, C, h, w).
         rows = top[:, None, None, None] + xp.arange(h)[:, None]
         cols = left[:, None, None, None] + xp.arange(w)
@@ -315,14 +325,19 @@ class RandomCrop:
 
 
 class RandomHorizontalFlip:
-    """Mirror each sample left-right with probability p.  x: (B, C, H, W) -> (B, C, H, W)."""
+    """Mirror each sample left-right with probability p.  x: (B, C, H, W) -> (B, C, H, W).
+
+    With a ``params`` dict, writes ``params["flips"]``: (B,) bool on x's device, True where mirrored.
+    """
 
     def __init__(self, p: float = 0.5):
         self.p = p
 
-    def __call__(self, x, rng):
+    def __call__(self, x, rng, params: dict | None = None):
         xp = backend.get_array_module(x)
         flip = xp.asarray(rng.random(len(x))) < self.p
+        if params is not None:
+            params["flips"] = flip
         return xp.where(flip[:, None, None, None], x[..., ::-1], x)
 
 
@@ -333,7 +348,7 @@ class Normalize:
         self.mean, self.std = np.asarray(mean, np.float64).ravel(), np.asarray(std, np.float64).ravel()
         self._on_device: dict = {}  # (array module, dtype) -> (mean, std) there: copied once, not per batch
 
-    def __call__(self, x, rng=None):
+    def __call__(self, x, rng=None, params: dict | None = None):
         xp = backend.get_array_module(x)
         if {len(self.mean), len(self.std)} - {1, x.shape[1]}:
             raise ValueError(f"Normalize: expected mean/std with 1 or {x.shape[1]} (channels) values, "
@@ -355,7 +370,7 @@ class Resize:
     def __init__(self, size: int | Sequence[int]):
         self.size = _pair(size)
 
-    def __call__(self, x, rng=None):
+    def __call__(self, x, rng=None, params: dict | None = None):
         xp = backend.get_array_module(x)
         pads = []
         for axis, target in zip((2, 3), self.size):
@@ -372,14 +387,15 @@ class Resize:
 
 
 class Compose:
-    """Apply transforms in order, passing each the same generator."""
+    """Apply transforms in order, passing each the same generator (and the same ``params`` dict, when
+    one is given: the transforms then must accept it as their third argument)."""
 
     def __init__(self, transforms: Sequence[Callable]):
         self.transforms = list(transforms)
 
-    def __call__(self, x, rng=None):
+    def __call__(self, x, rng=None, params: dict | None = None):
         for t in self.transforms:
-            x = t(x, rng)
+            x = t(x, rng) if params is None else t(x, rng, params)
         return x
 
 
@@ -426,12 +442,20 @@ class DataLoader:
     from ``rank``. Batch k of all ranks together is then batch k of one process with batch size
     batch_size x num_replicas, rank r holding its rows r::num_replicas; per-sample augmentation is
     drawn for that global batch and sliced the same way (``_RankRows``).
+
+    ``return_params=True``: batches ``(x, y, params)`` with ``params["indices"]`` (B,) host int64, the
+    samples' dataset indices; ``params["boxes"]`` (B, 4) float64 = (x1, y1, x2, y2), each sample's crop
+    in pixels of the image before the crop (the Resize'd image: ``token_labels.crop_boxes``), the whole
+    image when no transform crops; ``params["flips"]`` (B,) bool, mirrored left-right (all False when
+    no transform flips). boxes and flips are on ``device``, drawn there with the augmentation (no
+    copy, no wait); the transform is called as ``transform(x, rng, params)`` and fills them in.
+    The draws, hence x, are the same as without return_params.
     """
 
     def __init__(self, dataset: ArrayDataset, batch_size: int = 128, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, transform: Callable | None = None,
                  device: str = "cpu", scale: float = 1 / 255, num_replicas: int = 1, rank: int = 0,
-                 pad: bool = True):
+                 pad: bool = True, return_params: bool = False):
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not isinstance(num_replicas, (int, np.integer)) or num_replicas < 1:
@@ -441,6 +465,7 @@ class DataLoader:
         self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
         self.seed, self.transform, self.device, self.scale = seed, transform, device, scale
         self.num_replicas, self.rank, self.pad = num_replicas, rank, pad
+        self.return_params = bool(return_params)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -483,6 +508,17 @@ class DataLoader:
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = backend.to_device(self.dataset.images[idx], self.device).astype(np.float32)
             x *= np.float32(self.scale)
+            params = {"indices": idx.astype(np.int64)} if self.return_params else None
             if self.transform is not None:
-                x = self.transform(x, augment_rng)
-            yield x, backend.to_device(self.dataset.labels[idx], self.device)
+                x = self.transform(x, augment_rng) if params is None else self.transform(x, augment_rng, params)
+            y = backend.to_device(self.dataset.labels[idx], self.device)
+            if params is None:
+                yield x, y
+                continue
+            xp, (B, _, H, W) = backend.get_array_module(x), x.shape
+            if "boxes" not in params:  # no crop: the whole image (built on the device, no host array)
+                params["boxes"] = xp.zeros((B, 4), np.float64)
+                params["boxes"][:, 2], params["boxes"][:, 3] = W, H
+            if "flips" not in params:
+                params["flips"] = xp.zeros(B, dtype=bool)
+            yield x, y, params

@@ -386,9 +386,17 @@ class DistributedDataParallel:
         return self.forward(*args, **kwargs)
 
     def forward(self, *args, **kwargs):
+        self._before_forward()
+        return self.module(*args, **kwargs)
+
+    def forward_train(self, *args, **kwargs):
+        """``module.forward_train`` (VOLO's token-labeling forward), with forward's buffer broadcast."""
+        self._before_forward()
+        return self.module.forward_train(*args, **kwargs)
+
+    def _before_forward(self) -> None:
         if self.broadcast_buffers and self.module.training and world_size() > 1:
             self._broadcast(self._buffers())
-        return self.module(*args, **kwargs)
 
     def reduce_gradients(self) -> None:
         """Replace every parameter's gradient by its mean over the ranks, one all-reduce per bucket."""

@@ -174,10 +174,11 @@ class LabelMaps:
         return backend.to_device(out, device)
 
     def targets(self, indices, boxes, flips, labels, grid: tuple, label_smoothing: float = 0.0,
-                device: str = "cpu", sampling_ratio: int | None = None):
-        """``dense_targets(self.maps(indices, device), boxes, flips, labels, grid, self.img_size, ...)``."""
-        return dense_targets(self.maps(indices, device), boxes, flips, labels, grid, self.img_size,
-                             label_smoothing, sampling_ratio)
+                device: str = "cpu", sampling_ratio: int | None = None, box_size=None, dtype=np.float32):
+        """``dense_targets(self.maps(indices, device, dtype), boxes, flips, labels, grid, self.img_size,
+        ...)``."""
+        return dense_targets(self.maps(indices, device, dtype), boxes, flips, labels, grid, self.img_size,
+                             label_smoothing, sampling_ratio, box_size)
 
 
 def load_label_maps(path: str | Path, dataset=None, *, img_size=None, grid=None) -> LabelMaps:
@@ -276,19 +277,28 @@ def _roi_weights(start, end, n_out: int, size: int, sampling_ratio: int, xp, dty
     return w.reshape(B, n_out, sampling_ratio, size).mean(axis=2)
 
 
-def _roi_matrices(boxes, in_hw: tuple, out_hw: tuple, sampling_ratio: int | None, xp, dtype):
+def _roi_matrices(boxes, in_hw: tuple, out_hw: tuple, sampling_ratio: int | None, xp, dtype,
+                  box_hw: tuple | None = None):
     """(Wy (B, Ht, h), Wx (B, Wt, w)) with roi_align(input)[b, c] = Wy[b] @ input[b, c] @ Wx[b]^T.
 
     Bilinear interpolation on a grid of sample points is separable (a linear interpolation along y
     times one along x), and so is the average over a bin's samples: ROI-align is one matrix per axis.
     sampling_ratio None: ceil(box side / output side) samples per bin and axis, the largest over the
-    batch (torchvision's adaptive choice, per box there; the same when the boxes have one size).
+    batch (torchvision's adaptive choice, per box there; the same when the boxes have one size); that
+    needs host boxes, or ``box_hw`` (the boxes' common height and width, in input cells). Boxes on
+    xp's device (a GPU batch's crops) are used there without a copy.
     """
-    boxes = np.asarray(backend.to_numpy(boxes), np.float64)
+    if backend.get_array_module(boxes) is np:  # host boxes (copied once to a GPU by xp.asarray below)
+        boxes = np.asarray(boxes, np.float64)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"boxes must be (B, 4) = (x1, y1, x2, y2), got shape {boxes.shape}")
     (h, w), (ht, wt) = in_hw, out_hw
-    if sampling_ratio is None:
+    if sampling_ratio is None and box_hw is not None:
+        sr_y, sr_x = max(1, math.ceil(box_hw[0] / ht)), max(1, math.ceil(box_hw[1] / wt))
+    elif sampling_ratio is None and not isinstance(boxes, np.ndarray):
+        raise ValueError("sampling_ratio=None (adaptive) reads the box sizes on the host: with boxes on the "
+                         "device, pass sampling_ratio or box_size (the crops' common size)")
+    elif sampling_ratio is None:
         sr_y = max(1, math.ceil(float((boxes[:, 3] - boxes[:, 1]).max(initial=0)) / ht))
         sr_x = max(1, math.ceil(float((boxes[:, 2] - boxes[:, 0]).max(initial=0)) / wt))
     elif sampling_ratio < 1:
@@ -331,12 +341,13 @@ def _softmax(z, axis: int):
 
 
 def dense_targets(maps, boxes, flips, labels, grid, img_size, label_smoothing: float = 0.0,
-                  sampling_ratio: int | None = None):
+                  sampling_ratio: int | None = None, box_size=None):
     """The targets of a batch for ``TokenLabelCrossEntropy``: (B, C, 2 + N), N = Ht * Wt.
 
     maps (B, C, h, w): the teacher's logits over each whole, un-augmented image (``LabelMaps.maps``),
     on the device; boxes (B, 4) = (x1, y1, x2, y2): the crop of each training image in pixels of the
-    ``img_size`` (H, W) image the maps cover (``crop_boxes``); flips (B,) bool: the crop was then
+    ``img_size`` (H, W) image the maps cover (``crop_boxes``), on the host or on maps' device (then
+    give ``sampling_ratio``); flips (B,) bool: the crop was then
     mirrored left-right; labels (B,) integers: the ground truth; grid (Ht, Wt): the student's token
     grid (aux_logits has N = Ht * Wt tokens, row-major).
 
@@ -345,7 +356,9 @@ def dense_targets(maps, boxes, flips, labels, grid, img_size, label_smoothing: f
         target[:, :, 0]  = onehot(labels) (1 - eps) + eps / C                 ground truth
         target[:, :, 1]  = softmax_c(z_cls) (1 - eps) + eps / C               class target
         target[:, :, 2:] = softmax_c(z_tok) (1 - eps) + eps / C, (B, C, N)    token targets
-    with eps = label_smoothing. Vectorised over the batch (batched matmuls of the ROI-align
+    with eps = label_smoothing. sampling_ratio None: adaptive (see ``_roi_matrices``), from the boxes
+    on the host or, for device boxes, from box_size (H, W): the pixel size all boxes share (a
+    RandomCrop's size). Vectorised over the batch (batched matmuls of the ROI-align
     matrices); returned in maps' dtype on maps' device.
     """
     xp = backend.get_array_module(maps)
@@ -356,7 +369,8 @@ def dense_targets(maps, boxes, flips, labels, grid, img_size, label_smoothing: f
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     H, W = _pair(img_size)
     ht, wt = _pair(grid)
-    boxes = np.asarray(backend.to_numpy(boxes), np.float64)
+    if backend.get_array_module(boxes) is np:  # host boxes; device boxes stay there (a GPU batch's crops)
+        boxes = np.asarray(boxes, np.float64)
     if boxes.shape != (B, 4):
         raise ValueError(f"boxes must be ({B}, 4) = (x1, y1, x2, y2), one per map, got shape {boxes.shape}")
     flips = xp.asarray(flips)
@@ -365,12 +379,15 @@ def dense_targets(maps, boxes, flips, labels, grid, img_size, label_smoothing: f
     labels = xp.asarray(labels)
     if labels.shape != (B,):
         raise ValueError(f"labels must be ({B},) class indices, got shape {labels.shape}")
-    in_map = boxes * np.array([w / W, h / H, w / W, h / H])  # image pixels -> map cells
+    in_map = boxes.astype(np.float64)  # image pixels -> map cells (scalars: no host array for device boxes)
+    in_map[:, 0::2] *= w / W
+    in_map[:, 1::2] *= h / H
 
-    wy, wx = _roi_matrices(in_map, (h, w), (ht, wt), sampling_ratio, xp, maps.dtype)
+    box_hw = None if box_size is None else (_pair(box_size)[0] * h / H, _pair(box_size)[1] * w / W)
+    wy, wx = _roi_matrices(in_map, (h, w), (ht, wt), sampling_ratio, xp, maps.dtype, box_hw)
     wx = xp.where(flips[:, None, None], wx[:, ::-1], wx)  # a mirrored crop reads its columns right to left
     tokens = _softmax(_apply(wy, maps, wx), axis=1).reshape(B, C, ht * wt)
-    wy1, wx1 = _roi_matrices(in_map, (h, w), (1, 1), sampling_ratio, xp, maps.dtype)
+    wy1, wx1 = _roi_matrices(in_map, (h, w), (1, 1), sampling_ratio, xp, maps.dtype, box_hw)
     cls = _softmax(_apply(wy1, maps, wx1).reshape(B, C), axis=1)
     truth = (labels[:, None] == xp.arange(C)).astype(maps.dtype)
     out = xp.concatenate([truth[:, :, None], cls[:, :, None], tokens], axis=2)

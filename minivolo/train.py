@@ -9,6 +9,20 @@ A run lives in ``<out>/<name>/``: ``config.json``, ``metrics.csv`` (one row per 
 ``last.npz`` (after every epoch) and ``best.npz`` (best test accuracy so far), each written atomically
 (``checkpoint.py`` writes and reads the files; ``plots.py`` draws the figures).
 
+What a step optimises (``_loss``; TrainConfig's fields):
+
+    default            cross-entropy with label smoothing on ``model(x)`` (timm's recipe without a teacher)
+    mix_token          ``model.forward_train(x)`` with MixToken (a box of tokens pasted from the batch
+                       flipped, lam ~ Beta(1, 1) per batch) and ``TokenLabelCrossEntropy(dense_weight)``
+                       on smoothed one-hot targets: every token takes its image's label
+    token_labels=PATH  ``forward_train`` and ``TokenLabelCrossEntropy`` on dense targets: the teacher's
+                       label maps (``python -m minivolo relabel``) ROI-aligned to each crop's token grid,
+                       flipped with it, softmax and smoothing (``token_labels.dense_targets``); with or
+                       without mix_token (VOLO's recipe is both)
+    distill=PATH       plain distillation from the same file: soft-target cross-entropy of ``model(x)``
+                       against the teacher's class-level target (its map ROI-aligned over the crop to
+                       1x1, softmax, smoothing); no dense term, no mix-token
+
 Resuming is bit for bit: everything random in epoch e is a function of (seed, e) alone (the data order
 and augmentation, see ``DataLoader``; dropout, drop-path and mix-token boxes, because minivolo's
 generators are re-seeded from (seed, e) at the start of each epoch), and the checkpoint restores the
@@ -36,11 +50,13 @@ from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, wri
 from .datasets import (ArrayDataset, Compose, DataLoader, Normalize, RandomCrop, RandomHorizontalFlip, Resize,
                        read_image, load_dataset)
 from .distributed import DistributedDataParallel
+from .losses import TokenLabelCrossEntropy, soft_target_cross_entropy
 from .models import create_model
 from .nn import SyncBatchNorm
 from .optim import AdamW, CosineWarmup, clip_grad_norm_, param_groups_weight_decay
 from .plots import plot_confusion, plot_curves
 from .tensor import Tensor, no_grad
+from .token_labels import LabelMaps, load_label_maps
 
 __all__ = ["TrainConfig", "train", "train_one_epoch", "evaluate", "predict", "model_from_checkpoint",
            "save_checkpoint", "load_checkpoint", "plot_confusion"]
@@ -97,7 +113,8 @@ def _fit(config: TrainConfig, run_dir: Path, ckpt: dict | None) -> dict:
                          f"draws are split that way: resume it with `mpiexec -n {saved_world}` "
                          f"(this run has {world})")
     backend.manual_seed(config.seed)
-    train_set = _subset(load_dataset(config.dataset, config.data_dir, train=True), config.max_train)
+    full_train_set = load_dataset(config.dataset, config.data_dir, train=True)
+    train_set = _subset(full_train_set, config.max_train)
     test_set = _subset(load_dataset(config.dataset, config.data_dir, train=False), config.max_test)
     if len(train_set) < config.batch_size * world:
         processes = f" x {world} processes" if world > 1 else ""
@@ -114,11 +131,12 @@ def _fit(config: TrainConfig, run_dir: Path, ckpt: dict | None) -> dict:
     else:
         data = ckpt["data"]
         model.load_state_dict(ckpt["model"])
+    label_maps = _load_label_maps(config, model, full_train_set, data["img_size"])  # also when resuming
 
     ddp = DistributedDataParallel(model)  # rank 0's weights everywhere; gradient buckets
     train_loader = DataLoader(train_set, config.batch_size, shuffle=True, drop_last=True, seed=config.seed,
                               transform=_train_transform(data, config.augment), device=config.device,
-                              num_replicas=world, rank=rank)
+                              num_replicas=world, rank=rank, return_params=label_maps is not None)
     test_loader = DataLoader(test_set, config.eval_batch_size, transform=_eval_transform(data),
                              device=config.device, num_replicas=world, rank=rank, pad=False)
     steps = len(train_loader)
@@ -145,7 +163,8 @@ def _fit(config: TrainConfig, run_dir: Path, ckpt: dict | None) -> dict:
         start = time.perf_counter()
         train_loader.set_epoch(epoch)
         backend.manual_seed(int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0]))
-        train_loss, train_acc, speed = train_one_epoch(ddp, train_loader, optimizer, scheduler, config, epoch)
+        train_loss, train_acc, speed = train_one_epoch(ddp, train_loader, optimizer, scheduler, config, epoch,
+                                                       label_maps=label_maps)
         test_loss, test_acc, _ = _evaluate_loader(model, test_loader, len(classes))
         metrics.append(dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                             test_acc=test_acc, lr=optimizer.param_groups[0]["lr"],
@@ -169,21 +188,46 @@ def _fit(config: TrainConfig, run_dir: Path, ckpt: dict | None) -> dict:
 
 
 # --- one epoch and evaluation ----------------------------------------------------------------------
-def _loss(model, x, y, label_smoothing: float):
-    """Cross-entropy with label smoothing on ``model(x)``: for VOLO ``head(cls) + 0.5 * max aux_head``.
+def _loss(model, x: Tensor, y, config: TrainConfig, params: dict | None = None,
+          label_maps: LabelMaps | None = None) -> tuple[Tensor, Tensor]:
+    """(logits (B, C) for the training accuracy, the loss) of a batch, by the mode of ``config``:
 
-    This is what timm trains when no token-labeling teacher is available. Token labeling (the paper's
-    recipe) would instead take ``cls, aux, bbox = model.forward_train(x)`` and add a dense loss of
-    ``aux`` against per-token teacher scores (mix-token boxes applied to them); that needs dense
-    targets, which the bundled data does not have.
+    - default: cross-entropy with label smoothing on ``model(x)`` (for VOLO ``head(cls) + 0.5 max aux``).
+    - ``token_labels`` and/or ``mix_token``: ``cls, aux, bbox = model.forward_train(x)`` (the model draws
+      the mix-token box) and ``TokenLabelCrossEntropy(dense_weight)((cls, aux, bbox), target)``, target
+      the dense targets of the batch's crops (B, C, 2 + N) with token labels, else the smoothed one-hot
+      labels (B, C), taken by every token. The class target is mixed by the box's lam inside the loss.
+    - ``distill``: ``soft_target_cross_entropy(model(x), t)``, t the teacher's class target of each crop
+      (column 1 of ``dense_targets``, smoothed).
+    The logits returned are ``cls`` in the forward_train modes (with mix-token, of the mixed images).
+    All targets are built on x's device from ``params`` (indices on the host; boxes, flips on the
+    device): no wait. The label maps of the batch cross to the device once.
     """
+    eps = config.label_smoothing
+    if label_maps is not None:  # the crops' targets; all crops share x's size (box_size: no host read)
+        grid = (1, 1) if config.distill else _token_grid(_unwrap(model))
+        target = label_maps.targets(params["indices"], params["boxes"], params["flips"], y, grid, eps,
+                                    x.device, box_size=x.shape[2:], dtype=x.dtype)
+    if config.distill:
+        logits = model(x)
+        return logits, soft_target_cross_entropy(logits, Tensor(target[:, :, 1], device=x.device))
+    if config.mix_token or config.token_labels:
+        if label_maps is None:  # smoothed one-hot (B, C), built on the device (no host array, no sync)
+            C = _unwrap(model).num_classes
+            target = (y[:, None] == x.xp.arange(C)).astype(x.dtype) * (1 - eps) + eps / C
+        cls, aux, bbox = model.forward_train(x)
+        criterion = TokenLabelCrossEntropy(dense_weight=config.dense_weight, cls_weight=1.0)
+        return cls, criterion((cls, aux, bbox), target)
     logits = model(x)
-    return logits, F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    return logits, F.cross_entropy(logits, y, label_smoothing=eps)
 
 
 def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, config: TrainConfig,
-                    epoch: int) -> tuple[float, float, float]:
+                    epoch: int, label_maps: LabelMaps | None = None) -> tuple[float, float, float]:
     """One pass over ``loader``; returns (mean training loss, training accuracy, images per second).
+
+    The loss is ``_loss``'s for ``config``; with ``label_maps`` (token_labels or distill) the loader must
+    yield ``(x, y, params)`` (``DataLoader(return_params=True)``).
 
     A step never waits for the device: the summed loss and the count of correct predictions stay on it,
     read at most once per progress-bar refresh (tqdm's mininterval) and once at the end.
@@ -197,9 +241,9 @@ def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, config: Tra
     show = config.progress and distributed.is_main()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show,
                leave=False, dynamic_ncols=True)
-    for x, y in bar:
+    for x, y, *params in bar:
         x = Tensor(x.astype(dtype, copy=False), device=loader.device)
-        logits, loss = _loss(model, x, y, config.label_smoothing)
+        logits, loss = _loss(model, x, y, config, params[0] if params else None, label_maps)
         optimizer.zero_grad()
         loss.backward()
         if isinstance(model, DistributedDataParallel):
@@ -283,6 +327,11 @@ class TrainConfig:
     progress: bool = True              # progress bars and one line per epoch on the terminal
     sync_bn: bool = False              # SyncBatchNorm in the stem: batch statistics over all processes
     dtype: str = "float32"             # "float64": parameters and inputs in double precision
+    # the VOLO training recipe (see the module docstring); the defaults train with plain cross-entropy
+    mix_token: bool = False            # MixToken through forward_train, TokenLabelCrossEntropy
+    token_labels: str | None = None    # label maps of a teacher (`python -m minivolo relabel`): token labeling
+    distill: str | None = None         # the same kind of file: class-level soft targets only
+    dense_weight: float = 0.5          # weight of the dense (per-token) term of TokenLabelCrossEntropy
 
     def validate(self) -> "TrainConfig":
         positive = dict(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
@@ -290,7 +339,7 @@ class TrainConfig:
         for key, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{key} must be > 0, got {value}")
-        for key in ("weight_decay", "warmup_epochs", "min_lr", "warmup_lr", "drop_path"):
+        for key in ("weight_decay", "warmup_epochs", "min_lr", "warmup_lr", "drop_path", "dense_weight"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not 0 <= self.label_smoothing < 1:
@@ -305,6 +354,11 @@ class TrainConfig:
         self.device = self.device or backend.default_device()
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.distill is not None and (self.token_labels is not None or self.mix_token):
+            other = "token_labels" if self.token_labels is not None else "mix_token"
+            raise ValueError(f"distill and {other} do not combine: distill is plain distillation "
+                             f"(class-level soft targets on model(x)); token_labels (with or without "
+                             f"mix_token) is the dense recipe")
         backend.array_module(self.device)  # raises on an unknown or unavailable device
         return self
 
@@ -417,12 +471,39 @@ def _train_transform(data: dict, augment: bool) -> Compose:
 # --- model -----------------------------------------------------------------------------------------
 def _build_model(config: TrainConfig, num_classes: int, in_chans: int):
     kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=config.drop_path)
+    if config.mix_token:
+        kwargs["use_mix_token"] = True
     if config.img_size is not None:
         kwargs["img_size"] = config.img_size
     model = create_model(config.model, **kwargs)
     if config.dtype == "float64":
         model.double()
     return SyncBatchNorm.convert_sync_batchnorm(model) if config.sync_bn else model
+
+
+def _unwrap(model):
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _token_grid(model) -> tuple:
+    """The (h, w) grid of the aux head's tokens (VOLO: ``pos_embed``'s grid)."""
+    return tuple(int(n) for n in model.pos_embed.shape[1:3])
+
+
+def _load_label_maps(config: TrainConfig, model, train_set: ArrayDataset, img_size: int) -> LabelMaps | None:
+    """The label maps of ``config.token_labels`` or ``config.distill``, checked against the full training
+    split (count, classes, images), the size the crops come from, and (token labels) the model's token
+    grid; None without either (after checking that mix_token has a model it can use). With max_train the first max_train maps are used: those of the images
+    the run trains on. Raised before any epoch and before the run folder is made."""
+    needs_aux = config.mix_token or config.token_labels is not None
+    if needs_aux and (getattr(model, "aux_head", None) is None or getattr(model, "post_network", None) is None):
+        raise ValueError(f"mix_token and token_labels train through forward_train: model {config.model!r} "
+                         f"needs an aux head and a class token (VOLO with use_aux_head and post_layers)")
+    path = config.token_labels or config.distill
+    if path is None:
+        return None
+    grid = _token_grid(model) if config.token_labels is not None else None
+    return load_label_maps(path, train_set, img_size=img_size, grid=grid)
 
 
 def _model_img_size(model, config: TrainConfig) -> int:
