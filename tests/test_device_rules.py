@@ -162,6 +162,36 @@ def test_a_training_iteration_waits_on_the_device_at_most_twice_and_copies_only_
     assert syncs <= 2 and copies <= 2, f"per iteration: {syncs} syncs, {copies} copies\n{report}"
 
 
+@pytest.mark.parametrize("mode", ["mix_token+token_labels", "distill"])
+def test_a_token_labeling_iteration_waits_at_most_twice_and_copies_its_batch_and_label_maps(on_fakecupy, tmp_path,
+                                                                                            mode):
+    """MixToken and token labels, or distillation (targets from the crops' boxes and flips, drawn on the
+    device): the same 2 synchronisations, and one more copy, the batch's label maps (host -> device)."""
+    from minivolo import train as T
+    from minivolo.datasets import load_dataset
+    from minivolo.token_labels import save_label_maps
+
+    ds = load_dataset(train=True)
+    labels = tmp_path / "labels.npz"
+    save_label_maps(labels, np.zeros((len(ds), len(ds.classes), 4, 4), np.float16), ds, 32)
+
+    def run(name, iterations):
+        T.train(out=str(tmp_path), name=name, model="volo_tiny", epochs=1, batch_size=4, max_train=4 * iterations,
+                max_test=4, eval_batch_size=4, device="cuda", progress=False,
+                **(dict(distill=str(labels)) if mode == "distill" else dict(mix_token=True, token_labels=str(labels))))
+
+    run("warm-up", 1)
+    counts = {}
+    for iterations in (1, 4):
+        with on_fakecupy.counting() as c:
+            run(f"it{iterations}", iterations)
+        counts[iterations] = c
+    syncs = (counts[4].syncs - counts[1].syncs) / 3
+    copies = (counts[4].copies - counts[1].copies) / 3
+    report = "\n".join(f"{n} iterations: {counts[n].report()}" for n in counts)
+    assert syncs <= 2 and copies <= 3, f"per iteration: {syncs} syncs, {copies} copies\n{report}"
+
+
 @pytest.mark.parametrize("first,then", [("cuda", "cpu"), ("cpu", "cuda")], ids=["cuda->cpu", "cpu->cuda"])
 def test_a_run_saved_on_one_device_resumes_on_the_other(on_fakecupy, tmp_path, monkeypatch, first, then):
     """On the stand-in the numbers are NumPy's on both devices, so the resumed run must equal an
