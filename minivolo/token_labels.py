@@ -347,9 +347,9 @@ def dense_targets(maps, boxes, flips, labels, grid, img_size, label_smoothing: f
     maps (B, C, h, w): the teacher's logits over each whole, un-augmented image (``LabelMaps.maps``),
     on the device; boxes (B, 4) = (x1, y1, x2, y2): the crop of each training image in pixels of the
     ``img_size`` (H, W) image the maps cover (``crop_boxes``), on the host or on maps' device (then
-    give ``sampling_ratio``); flips (B,) bool: the crop was then
-    mirrored left-right; labels (B,) integers: the ground truth; grid (Ht, Wt): the student's token
-    grid (aux_logits has N = Ht * Wt tokens, row-major).
+    give ``sampling_ratio`` or ``box_size``); flips (B,) bool: the crop was then mirrored left-right;
+    labels (B,) integers: the ground truth; grid (Ht, Wt): the student's token grid (aux_logits has
+    N = Ht * Wt tokens, row-major).
 
         z_tok = roi_align(maps, boxes * (w/W, h/H, w/W, h/H), (Ht, Wt)), columns reversed where flipped
         z_cls = roi_align(maps, the same boxes, (1, 1))

@@ -493,8 +493,9 @@ def _token_grid(model) -> tuple:
 def _load_label_maps(config: TrainConfig, model, train_set: ArrayDataset, img_size: int) -> LabelMaps | None:
     """The label maps of ``config.token_labels`` or ``config.distill``, checked against the full training
     split (count, classes, images), the size the crops come from, and (token labels) the model's token
-    grid; None without either (after checking that mix_token has a model it can use). With max_train the first max_train maps are used: those of the images
-    the run trains on. Raised before any epoch and before the run folder is made."""
+    grid; None without either (after checking that mix_token has a model it can use). A file is made for
+    the full split (``relabel``); with max_train the first max_train maps are used, those of the images
+    the run trains on. Every refusal comes before any epoch and before the run folder is made."""
     needs_aux = config.mix_token or config.token_labels is not None
     if needs_aux and (getattr(model, "aux_head", None) is None or getattr(model, "post_network", None) is None):
         raise ValueError(f"mix_token and token_labels train through forward_train: model {config.model!r} "
