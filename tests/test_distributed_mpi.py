@@ -144,6 +144,26 @@ def test_two_process_train_equals_one_process_at_the_same_global_batch(tmp_path)
         assert abs(m1[k] - m2[k]) <= 1e-6, (k, m1[k], m2[k])
 
 
+def test_two_process_token_labeling_equals_one_process(tmp_path):
+    """Mix-token with token labels: each rank builds the targets of its rows (indices, crop boxes and
+    flips sliced from the global batch's draws); the class targets are mixed with the global flip."""
+    from minivolo.datasets import load_dataset
+    from minivolo.token_labels import save_label_maps
+
+    ds = load_dataset(train=True)
+    logits = np.random.default_rng(0).standard_normal((len(ds), len(ds.classes), 4, 4)) * 2
+    labels = tmp_path / "labels.npz"
+    save_label_maps(labels, logits.astype(np.float16), ds, 32)
+    args = ["-m", "minivolo", "train", "--model", "volo_nano", "--dtype", "float64", "--sync-bn", "--epochs", "1",
+            "--max-train", "128", "--max-test", "64", "--quiet", "--mix-token", "--token-labels", labels,
+            "--out", tmp_path]
+    run_ok(args + ["--batch-size", "32", "--name", "one"])
+    run_ok(args + ["--batch-size", "16", "--name", "two"], ranks=2)
+    (m1,), (m2,) = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    for k in m1:
+        assert abs(m1[k] - m2[k]) <= 1e-9, (k, m1[k], m2[k])
+
+
 def _descendants(pid: int) -> list[int]:
     children = {}
     for entry in os.listdir("/proc"):
