@@ -1,9 +1,10 @@
 """Fast paths against their readable references (no torch): each fused or fast kernel must give the
-reference's numbers, in float64 to 1e-12, forward and backward."""
+reference's numbers, forward and backward: in float64 to 1e-12; the float32-only kernels (the chunked GELU)
+to a few float32 ulp, and against float64 mathematics."""
 import numpy as np
 import pytest
 
-from minivolo.functional import conv
+from minivolo.functional import conv, nn
 from minivolo.tensor import Tensor
 
 
@@ -70,13 +71,97 @@ def test_conv2d_taps_float32_stays_float32(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_erf_split_over_threads_matches_one_call(dtype, monkeypatch):
-    """gelu's erf split over threads gives the very values of one backend.erf call, in the input's dtype."""
+    """erf split over threads gives the very values of one backend.erf call, in the input's dtype."""
     from minivolo import backend
-    from minivolo.functional import nn
-    x = np.random.default_rng(3).standard_normal((3, 70001)).astype(dtype) * 3  # odd size: uneven chunks
-    monkeypatch.setattr(nn, "_ERF_SPLIT_MIN", 1)
+    x = np.random.default_rng(3).standard_normal((3, 70001)).astype(dtype) * 3  # odd size: uneven parts
+    monkeypatch.setattr(nn, "_SPLIT_MIN", 1)
     for threads in (2, 3):
-        monkeypatch.setattr(nn, "ERF_THREADS", threads)
+        monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
         out = nn._erf(x)
         assert out.dtype == dtype and out.shape == x.shape
         np.testing.assert_array_equal(out, backend.erf(x))
+
+
+# --- chunked float32 GELU against the reference and against float64 mathematics ---------------------
+SPECIALS = [0.0, -0.0, 1e-45, -1e-45, 1e-38, -1e-38, 1e-30, 3e-8, -3e-8, 5.6, 5.7, -5.7, 9.0, -9.0, 40.0, -40.0,
+            1e30, -1e30, np.finfo(np.float32).max, -np.finfo(np.float32).max, np.inf, -np.inf]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_normal_cdf_float32_is_within_4_ulp(threads, monkeypatch):
+    """Phi(x) of the rational approximation in float32, chunk by chunk, against float64's ndtr on a dense
+    grid: absolute error <= 4 ulp of [0.5, 1) (2.4e-7); +-0 and tiny x give 0.5, +-inf 1 and 0, NaN stays NaN."""
+    from scipy.special import ndtr
+    monkeypatch.setattr(nn, "CHUNK", 4096)
+    monkeypatch.setattr(nn, "_SPLIT_MIN", 1)
+    monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
+    x = np.concatenate([np.linspace(-12, 12, 1_000_001), SPECIALS, [np.nan]]).astype(np.float32)
+    cdf = np.empty_like(x)
+    nn._chunked(lambda x, out, *scratch: nn._normal_cdf_float32(x, out, *scratch), [x, cdf], scratch=3)
+    ref = ndtr(x.astype(np.float64))
+    assert cdf.dtype == np.float32
+    assert np.isnan(cdf[-1]) and not np.isnan(cdf[:-1]).any()
+    err = np.abs(cdf[:-1] - ref[:-1])
+    assert err.max() <= 4 * 2.0 ** -24, (err.max(), x[err.argmax()])
+    tiny = np.abs(x) < 1e-7
+    assert (cdf[tiny] == 0.5).all()
+    assert cdf[x == np.inf].tolist() == [1.0] and cdf[x == -np.inf].tolist() == [0.0]
+
+
+def _gelu(x, g, impl, monkeypatch):
+    monkeypatch.setattr(nn, "GELU_IMPL", impl)
+    t = Tensor(x, requires_grad=True, device="cpu")
+    out = nn.gelu(t)
+    out.backward(g)
+    return out.numpy(), t.grad.numpy()
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5000), (2, 130, 300)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gelu_chunked_matches_reference(shape, threads, monkeypatch):
+    """float32 GELU by chunks (auto) against x Phi(x) with SciPy's erf (reference), forward and backward,
+    for arrays shorter and longer than a chunk, split over threads or not."""
+    monkeypatch.setattr(nn, "CHUNK", 4096)
+    monkeypatch.setattr(nn, "_SPLIT_MIN", 1)
+    monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    x.reshape(-1)[:len(SPECIALS)] = SPECIALS[:x.size]
+    g = rng.standard_normal(shape).astype(np.float32)
+    with np.errstate(all="ignore"):  # inf * 0 and the like, in both alike
+        fast, reference = _gelu(x, g, "auto", monkeypatch), _gelu(x, g, "reference", monkeypatch)
+    for name, f, r in zip(("out", "dx"), fast, reference):
+        assert f.dtype == np.float32 and f.shape == shape, name
+        np.testing.assert_allclose(f, r, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_gelu_chunked_reads_a_strided_input_and_gradient(monkeypatch):
+    """A transposed (non-contiguous) input and a broadcast gradient give the reference's numbers."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 200)).astype(np.float32).T
+    g = np.broadcast_to(rng.standard_normal(300).astype(np.float32), x.shape)
+    fast, reference = _gelu(x, g, "auto", monkeypatch), _gelu(x, g, "reference", monkeypatch)
+    for f, r in zip(fast, reference):
+        np.testing.assert_allclose(f, r, rtol=1e-6, atol=1e-6)
+
+
+def test_gelu_float64_keeps_the_reference(monkeypatch):
+    """float64 never takes the float32 kernel (its parity to torch is SciPy's exact erf)."""
+    monkeypatch.setattr(nn, "_gelu_float32", lambda t: pytest.fail("float64 took the float32 kernel"))
+    x = np.linspace(-6, 6, 101)
+    from scipy.special import ndtr
+    out = nn.gelu(Tensor(x, device="cpu")).numpy()
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, x * ndtr(x), rtol=1e-14, atol=1e-15)  # 1 + erf cancels for x < 0
+
+
+def test_gelu_on_the_gpu_keeps_the_whole_array_kernel(on_fakecupy, monkeypatch):
+    """On CuPy (fakecupy) float32 GELU runs backend.erf over the whole array, never the host chunk loop."""
+    from scipy.special import ndtr
+    monkeypatch.setattr(nn, "_gelu_float32", lambda t: pytest.fail("a device array took the host chunk loop"))
+    x = np.linspace(-6, 6, 101).astype(np.float32)
+    t = Tensor(x, requires_grad=True, device="cuda")
+    out = nn.gelu(t)
+    out.sum().backward()
+    assert out.device == "cuda" and out.dtype == np.float32
+    np.testing.assert_allclose(out.numpy(), x * ndtr(x.astype(np.float64)), rtol=1e-6, atol=1e-6)

@@ -61,43 +61,151 @@ def relu(input: Tensor) -> Tensor:
     return Tensor.from_op(input.xp.maximum(x, 0), (input,), lambda g: (g * (x > 0),), "relu")
 
 
-# erf is compute-bound (SciPy's costs ~10 exps per element) and SciPy releases the GIL, so on the CPU a large
-# array is split over ERF_THREADS threads. Measured on 2 (busy) cores, float32 (6272, 576): erf 0.81x and
-# exp 0.76x the one-thread time, but memory-bound passes (subtract, multiply) 1.26x: only erf is split.
-ERF_THREADS = min(2, os.cpu_count() or 1)
-_ERF_SPLIT_MIN = 1 << 18  # elements; below this the threads' overhead outweighs the gain
-_erf_pool: tuple | None = None  # (pid, executor): a forked child makes its own (it has no pool threads)
+# --- the CPU's chunked elementwise path ------------------------------------------------------------
+# A chain of k NumPy ufuncs over a large array streams it through main memory k times. Run chunk by chunk
+# (CHUNK elements, a few chunk-sized scratch buffers) the chain's temporaries stay in the L1/L2 cache and
+# only the inputs and outputs travel: on 3.6M float32 (D1's stage-1 GELU), 24 passes take 40 ms whole
+# and 14 ms chunked (1 thread). NumPy releases the GIL inside its loops, so a large array's chunks are
+# also shared among ELEMENTWISE_THREADS threads. CPU (NumPy) only: on CuPy whole-array kernels are the
+# fast way and Python loops over chunks would only add launches.
+CHUNK = 1 << 15  # elements (128 KiB of float32 per buffer; four of them fit the L2 cache)
+ELEMENTWISE_THREADS = min(2, os.cpu_count() or 1)
+_SPLIT_MIN = 1 << 18  # elements; below this the threads' overhead outweighs the gain
+_pool: tuple | None = None  # (pid, executor): a forked child makes its own (it has no pool threads)
+
+
+def _split(run, n: int) -> None:
+    """``run(lo, hi)`` over ``[0, n)``, cut into ELEMENTWISE_THREADS contiguous parts run in parallel
+    (one call when n < _SPLIT_MIN or one thread is asked)."""
+    global _pool
+    threads = ELEMENTWISE_THREADS if n >= _SPLIT_MIN else 1
+    if threads < 2:
+        run(0, n)
+        return
+    if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers != threads - 1:
+        _pool = (os.getpid(), ThreadPoolExecutor(threads - 1, thread_name_prefix="minivolo"))
+    bounds = [n * i // threads for i in range(threads + 1)]
+    futures = [_pool[1].submit(run, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    run(bounds[0], bounds[1])
+    for f in futures:
+        f.result()
+
+
+def _chunked(kernel, arrays: list, scratch: int = 0) -> None:
+    """``kernel(*chunks, *buffers)`` on every CHUNK-element slice of the flattened NumPy ``arrays`` (all of
+    one size; those the kernel writes must be C-contiguous, e.g. fresh from ``np.empty``), with
+    ``scratch`` chunk-sized buffers (of the first array's dtype) per thread."""
+    flats = [a.reshape(-1) for a in arrays]
+
+    def run(lo, hi):
+        buffers = [np.empty(min(CHUNK, hi - lo), flats[0].dtype) for _ in range(scratch)]
+        for start in range(lo, hi, CHUNK):
+            stop = min(start + CHUNK, hi)
+            kernel(*[f[start:stop] for f in flats], *[b[:stop - start] for b in buffers])
+    _split(run, flats[0].size)
 
 
 def _erf(a):
-    """``backend.erf(a)``, split over ``ERF_THREADS`` threads for a large NumPy array (same values)."""
-    global _erf_pool
-    if ERF_THREADS < 2 or a.size < _ERF_SPLIT_MIN or backend.get_array_module(a) is not np:
+    """``backend.erf(a)``; a large NumPy array in ELEMENTWISE_THREADS parts at once (the same values)."""
+    if backend.get_array_module(a) is not np:
         return backend.erf(a)
-    if _erf_pool is None or _erf_pool[0] != os.getpid() or _erf_pool[1]._max_workers != ERF_THREADS - 1:
-        _erf_pool = (os.getpid(), ThreadPoolExecutor(ERF_THREADS - 1, thread_name_prefix="minivolo-erf"))
     flat, out = a.reshape(-1), np.empty(a.shape, a.dtype)
-    bounds = np.linspace(0, flat.size, ERF_THREADS + 1).astype(int)
-    chunks = [(out.reshape(-1)[lo:hi], flat[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
-    def run(chunk):
-        chunk[0][...] = backend.erf(chunk[1])
-    futures = [_erf_pool[1].submit(run, c) for c in chunks[1:]]
-    run(chunks[0])
-    for f in futures:
-        f.result()
+    def run(lo, hi):
+        out.reshape(-1)[lo:hi] = backend.erf(flat[lo:hi])
+    _split(run, flat.size)
     return out
 
 
 def erf(input: Tensor) -> Tensor:
     """The error function ``erf(x) = 2/sqrt(pi) int_0^x exp(-t^2) dt``; d/dx = 2/sqrt(pi) exp(-x^2).
 
-    Values from ``backend.erf`` (SciPy on the CPU, CuPy on the GPU), in the input's dtype; a large CPU
-    array is split over ``ERF_THREADS`` threads.
+    Values from ``backend.erf`` (SciPy on the CPU, CuPy on the GPU), in the input's dtype, within 2 ulp of
+    torch's in float32 too (gelu's float32 rational approximation is up to 8 ulp off near |erf| = 1: fine
+    inside GELU, not as erf itself).
     """
     x = input.data
     return Tensor.from_op(_erf(x), (input,),
                           lambda g: (g * (2 / math.sqrt(math.pi)) * input.xp.exp(-x * x),), "erf")
+
+
+# GELU's normal CDF in float32: Phi(x) = 1/2 + 1/2 erf(x / sqrt 2), with erf(u) ~ u P(u^2) / Q(u^2) on
+# |u| <= 4 (beyond it erf(u) rounds to +-1 in float32): the rational approximation of erf for float of
+# Eigen (``generic_fast_erf_float``, Eigen/src/Core/arch/Default/GenericPacketMathFunctions.h), the one
+# XLA and TensorFlow use for float32; its coefficients as published there, highest power first.
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)
+
+
+def _phi_coefficients():
+    """Substituting u = x / sqrt 2: Phi(x) = 1/2 + x P'(x^2) / Q'(x^2), with the power-k coefficients
+    scaled by 2^-k, P' by 1 / (2 sqrt 2) more, and both divided by Q's leading one (Q' monic: one multiply
+    less). Returns (P', Q' without its leading 1, the clamp 4 sqrt 2), as float32."""
+    n, m = len(_ERF_P) - 1, len(_ERF_Q) - 1
+    lead = _ERF_Q[0] / 2 ** m
+    p = [c / 2 ** (n - i) / (2 * math.sqrt(2)) / lead for i, c in enumerate(_ERF_P)]
+    q = [c / 2 ** (m - i) / lead for i, c in enumerate(_ERF_Q)]
+    return tuple(map(np.float32, p)), tuple(map(np.float32, q[1:])), np.float32(4 * math.sqrt(2))
+
+
+_PHI_P, _PHI_Q, _PHI_CLAMP = _phi_coefficients()
+_HALF, _MINUS_HALF, _INV_SQRT_2PI = np.float32(0.5), np.float32(-0.5), np.float32(1 / math.sqrt(2 * math.pi))
+
+
+def _normal_cdf_float32(x, out, xc, s, q):
+    """``out = Phi(x)`` for a float32 chunk, branch-free: xc = clip(x, +-4 sqrt 2), s = xc^2, Horner for
+    P'(s) and Q'(s), then 1/2 + xc P'/Q' (divided first, so that a subnormal x keeps its digits). NaN
+    propagates, +-inf gives 1 and 0. Absolute error < 3e-7 (test_fast_paths.py)."""
+    np.clip(x, -_PHI_CLAMP, _PHI_CLAMP, out=xc)
+    np.multiply(xc, xc, s)
+    np.multiply(s, _PHI_P[0], out)
+    out += _PHI_P[1]
+    for c in _PHI_P[2:]:
+        out *= s
+        out += c
+    np.add(s, _PHI_Q[0], q)
+    for c in _PHI_Q[1:]:
+        q *= s
+        q += c
+    out /= q
+    out *= xc
+    out += _HALF
+    return out
+
+
+def _gelu_float32(input: Tensor) -> Tensor:
+    """Exact GELU of a NumPy float32 array, chunk by chunk (``_chunked``): forward y = x Phi(x) with the
+    rational Phi above, keeping Phi for the backward g (Phi(x) + x exp(-x^2/2) / sqrt(2 pi))."""
+    x = input.data
+    out, cdf = np.empty(x.shape, np.float32), np.empty(x.shape, np.float32)
+
+    def forward(x, out, cdf, xc, s, q):
+        _normal_cdf_float32(x, cdf, xc, s, q)
+        np.multiply(x, cdf, out)
+    _chunked(forward, [x, out, cdf], scratch=3)
+
+    def backward(g):
+        dx = np.empty(x.shape, np.float32)
+
+        def grad(x, cdf, g, dx):
+            np.multiply(x, x, dx)
+            dx *= _MINUS_HALF
+            np.exp(dx, dx)
+            dx *= x
+            dx *= _INV_SQRT_2PI                       # x phi(x)
+            dx += cdf
+            dx *= g
+        _chunked(grad, [x, cdf, np.ascontiguousarray(g), dx])
+        return (dx,)
+    return Tensor.from_op(out, (input,), backward, "gelu")
+
+
+# Which GELU computes (approximate="none"): "reference" is x Phi(x) with backend.erf over whole arrays;
+# "auto" takes _gelu_float32 for float32 NumPy arrays and the reference elsewhere (float64: SciPy's erf
+# is exact to float64; the GPU: CuPy's erf kernel is fast).
+GELU_IMPL = "auto"
 
 
 def gelu(input: Tensor, approximate: str = "none") -> Tensor:
@@ -105,10 +213,12 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
 
     approximate="tanh": ``Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2``.
     Fused: d/dx = Phi(x) + x Phi'(x), with Phi' = exp(-x^2/2)/sqrt(2 pi) (exact) or the derivative
-    of the tanh form, from the values kept by the forward.
+    of the tanh form, from the values kept by the forward. float32 on the CPU: see ``GELU_IMPL``.
     """
     x, xp = input.data, input.xp
     if approximate == "none":
+        if GELU_IMPL == "auto" and xp is np and x.dtype == np.float32:
+            return _gelu_float32(input)
         cdf = _erf(x * (1 / math.sqrt(2)))
         cdf += 1
         cdf *= 0.5
