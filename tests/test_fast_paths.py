@@ -97,7 +97,7 @@ def test_normal_cdf_float32_is_within_4_ulp(threads, monkeypatch):
     monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
     x = np.concatenate([np.linspace(-12, 12, 1_000_001), SPECIALS, [np.nan]]).astype(np.float32)
     cdf = np.empty_like(x)
-    nn._chunked(lambda x, out, *scratch: nn._normal_cdf_float32(x, out, *scratch), [x, cdf], scratch=3)
+    nn._chunked(lambda _, x, out, *scratch: nn._normal_cdf_float32(x, out, *scratch), [x, cdf], scratch=((),) * 3)
     ref = ndtr(x.astype(np.float64))
     assert cdf.dtype == np.float32
     assert np.isnan(cdf[-1]) and not np.isnan(cdf[:-1]).any()
@@ -165,3 +165,84 @@ def test_gelu_on_the_gpu_keeps_the_whole_array_kernel(on_fakecupy, monkeypatch):
     out.sum().backward()
     assert out.device == "cuda" and out.dtype == np.float32
     np.testing.assert_allclose(out.numpy(), x * ndtr(x.astype(np.float64)), rtol=1e-6, atol=1e-6)
+
+
+# --- layer_norm by blocks of rows against _normalize over whole arrays ------------------------------
+def _layer_norm(impl, x, w, b, g, shape, monkeypatch, grads=(True, True, True)):
+    monkeypatch.setattr(nn, "LAYER_NORM_IMPL", impl)
+    ts = [None if a is None else Tensor(a, requires_grad=r, device="cpu") for a, r in zip((x, w, b), grads)]
+    out = nn.layer_norm(ts[0], shape, ts[1], ts[2])
+    out.backward(g)
+    return [out.numpy()] + [None if t is None or t.grad is None else t.grad.numpy() for t in ts]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape, normalized, affine", [
+    ((4, 7, 192), (192,), (True, True)),        # many blocks of rows (CHUNK is small here)
+    ((3, 5, 4, 6), (4, 6), (True, True)),       # two normalised dims
+    ((1000, 33), (33,), (True, False)),         # weight, no bias
+    ((50, 9), (9,), (False, False)),            # no affine parameters
+    ((9,), (9,), (False, True)),                # one row
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_layer_norm_rows_match_reference(dtype, shape, normalized, affine, threads, monkeypatch):
+    monkeypatch.setattr(nn, "CHUNK", 512)
+    monkeypatch.setattr(nn, "_SPLIT_MIN", 1)
+    monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    w, b = ((rng.standard_normal(normalized).astype(dtype) if on else None) for on in affine)
+    g = rng.standard_normal(shape).astype(dtype)
+    fast = _layer_norm("auto", x, w, b, g, normalized, monkeypatch)
+    # float32 against the float64 reference: dw and db sum 1000 float32 rows (the reference's float32
+    # sums are further off than the blocks' partial sums)
+    as64 = [None if a is None else a.astype(np.float64) for a in (x, w, b, g)]
+    reference = _layer_norm("reference", *as64, normalized, monkeypatch)
+    tol = dict(rtol=0, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=5e-5)
+    for name, f, r in zip(("out", "dx", "dw", "db"), fast, reference):
+        assert (f is None) == (r is None), name
+        if r is not None:
+            assert f.dtype == dtype and f.shape == r.shape, name
+            np.testing.assert_allclose(f, r, err_msg=name, **tol)
+
+
+@pytest.mark.parametrize("grads", [(False, True, True), (True, False, True), (True, True, False)])
+def test_layer_norm_rows_skip_unneeded_gradients(grads, monkeypatch):
+    """Only the inputs that require grad get one, and those equal the reference's (float64, 1e-12)."""
+    rng = np.random.default_rng(7)
+    x, w, b, g = rng.standard_normal((6, 10)), rng.standard_normal(10), rng.standard_normal(10), \
+        rng.standard_normal((6, 10))
+    fast = _layer_norm("auto", x, w, b, g, (10,), monkeypatch, grads)
+    reference = _layer_norm("reference", x, w, b, g, (10,), monkeypatch, grads)
+    for f, r, need in zip(fast[1:], reference[1:], grads):
+        assert (f is not None) == need == (r is not None)
+        if need:
+            np.testing.assert_allclose(f, r, rtol=0, atol=1e-12)
+
+
+# --- softmax by blocks of rows against the whole-array softmax --------------------------------------
+def _softmax(impl, x, g, dim, monkeypatch):
+    monkeypatch.setattr(nn, "SOFTMAX_IMPL", impl)
+    t = Tensor(x, requires_grad=True, device="cpu")
+    out = nn.softmax(t, dim)
+    out.backward(g)
+    return out.numpy(), t.grad.numpy()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape, dim", [((2, 3, 40, 9, 9), -1), ((3, 50, 196), 2), ((7,), 0), ((4, 1), -1)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_softmax_rows_match_reference(dtype, shape, dim, threads, monkeypatch):
+    monkeypatch.setattr(nn, "CHUNK", 1000)
+    monkeypatch.setattr(nn, "_SPLIT_MIN", 1)
+    monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    x.reshape(-1)[:3] = [80, -1e4, 1e4][:x.size]   # huge logits: the max shift keeps them finite
+    g = rng.standard_normal(shape).astype(dtype)
+    fast, reference = _softmax("auto", x, g, dim, monkeypatch), _softmax("reference", x, g, dim, monkeypatch)
+    tol = dict(rtol=0, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
+    for name, f, r in zip(("out", "dx"), fast, reference):
+        assert f.dtype == dtype and f.shape == shape, name
+        assert np.isfinite(f).all(), name
+        np.testing.assert_allclose(f, r, err_msg=name, **tol)

@@ -74,15 +74,15 @@ _SPLIT_MIN = 1 << 18  # elements; below this the threads' overhead outweighs the
 _pool: tuple | None = None  # (pid, executor): a forked child makes its own (it has no pool threads)
 
 
-def _split(run, n: int) -> None:
-    """``run(lo, hi)`` over ``[0, n)``, cut into ELEMENTWISE_THREADS contiguous parts run in parallel
-    (one call when n < _SPLIT_MIN or one thread is asked)."""
+def _split(run, n: int, size: int) -> None:
+    """``run(lo, hi)`` over ``[0, n)``, cut into ELEMENTWISE_THREADS contiguous parts run in parallel when
+    the work covers ``size >= _SPLIT_MIN`` elements (else one call)."""
     global _pool
-    threads = ELEMENTWISE_THREADS if n >= _SPLIT_MIN else 1
+    threads = min(ELEMENTWISE_THREADS, n) if size >= _SPLIT_MIN else 1
     if threads < 2:
         run(0, n)
         return
-    if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers != threads - 1:
+    if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers < threads - 1:
         _pool = (os.getpid(), ThreadPoolExecutor(threads - 1, thread_name_prefix="minivolo"))
     bounds = [n * i // threads for i in range(threads + 1)]
     futures = [_pool[1].submit(run, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
@@ -91,18 +91,19 @@ def _split(run, n: int) -> None:
         f.result()
 
 
-def _chunked(kernel, arrays: list, scratch: int = 0) -> None:
-    """``kernel(*chunks, *buffers)`` on every CHUNK-element slice of the flattened NumPy ``arrays`` (all of
-    one size; those the kernel writes must be C-contiguous, e.g. fresh from ``np.empty``), with
-    ``scratch`` chunk-sized buffers (of the first array's dtype) per thread."""
-    flats = [a.reshape(-1) for a in arrays]
+def _chunked(kernel, arrays: list, rows: int = CHUNK, scratch: tuple = ()) -> None:
+    """``kernel(b, *blocks, *buffers)`` for every block b of ``rows`` rows (along the first axis) of the
+    NumPy ``arrays`` (of one length; those the kernel writes must be C-contiguous, e.g. fresh from
+    ``np.empty``), with buffers of shapes (rows, *s) for s in ``scratch`` (the first array's dtype), one
+    set per thread. The blocks are shared among ELEMENTWISE_THREADS threads when the arrays are large."""
+    n = arrays[0].shape[0]
 
     def run(lo, hi):
-        buffers = [np.empty(min(CHUNK, hi - lo), flats[0].dtype) for _ in range(scratch)]
-        for start in range(lo, hi, CHUNK):
-            stop = min(start + CHUNK, hi)
-            kernel(*[f[start:stop] for f in flats], *[b[:stop - start] for b in buffers])
-    _split(run, flats[0].size)
+        buffers = [np.empty((min(rows, n),) + tuple(s), arrays[0].dtype) for s in scratch]
+        for b in range(lo, hi):
+            i, j = b * rows, min(b * rows + rows, n)
+            kernel(b, *[a[i:j] for a in arrays], *[buf[:j - i] for buf in buffers])
+    _split(run, -(-n // rows), arrays[0].size)
 
 
 def _erf(a):
@@ -113,7 +114,7 @@ def _erf(a):
 
     def run(lo, hi):
         out.reshape(-1)[lo:hi] = backend.erf(flat[lo:hi])
-    _split(run, flat.size)
+    _split(run, flat.size, flat.size)
     return out
 
 
@@ -181,15 +182,15 @@ def _gelu_float32(input: Tensor) -> Tensor:
     x = input.data
     out, cdf = np.empty(x.shape, np.float32), np.empty(x.shape, np.float32)
 
-    def forward(x, out, cdf, xc, s, q):
+    def forward(_, x, out, cdf, xc, s, q):
         _normal_cdf_float32(x, cdf, xc, s, q)
         np.multiply(x, cdf, out)
-    _chunked(forward, [x, out, cdf], scratch=3)
+    _chunked(forward, [a.reshape(-1) for a in (x, out, cdf)], scratch=((),) * 3)
 
     def backward(g):
         dx = np.empty(x.shape, np.float32)
 
-        def grad(x, cdf, g, dx):
+        def grad(_, x, cdf, g, dx):
             np.multiply(x, x, dx)
             dx *= _MINUS_HALF
             np.exp(dx, dx)
@@ -197,7 +198,7 @@ def _gelu_float32(input: Tensor) -> Tensor:
             dx *= _INV_SQRT_2PI                       # x phi(x)
             dx += cdf
             dx *= g
-        _chunked(grad, [x, cdf, np.ascontiguousarray(g), dx])
+        _chunked(grad, [a.reshape(-1) for a in (x, cdf, g, dx)])
         return (dx,)
     return Tensor.from_op(out, (input,), backward, "gelu")
 
@@ -265,9 +266,12 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
 def softmax(input: Tensor, dim: int = -1) -> Tensor:
     """``y_i = exp(x_i - max x) / sum_j exp(x_j - max x)`` along ``dim`` (shifted by the max: stable).
 
-    Fused: dx = y * (g - sum_j g_j y_j).
+    Fused: dx = y * (g - sum_j g_j y_j). Over the last dim of a NumPy array: by blocks of rows
+    (``SOFTMAX_IMPL``).
     """
     xp = input.xp
+    if SOFTMAX_IMPL == "auto" and xp is np and input.size and dim in (-1, input.ndim - 1):
+        return _softmax_rows(input)
     y = _shift_by_max(input.data, dim, copy=True)
     xp.exp(y, out=y)
     y /= y.sum(axis=dim, keepdims=True)
@@ -279,6 +283,41 @@ def softmax(input: Tensor, dim: int = -1) -> Tensor:
         gx *= y
         return (gx,)
     return Tensor.from_op(y, (input,), backward, "softmax")
+
+
+# Which softmax computes: "reference" is the whole-array softmax above; "auto" takes ``_softmax_rows``
+# over the last dim of NumPy arrays (the GPU keeps the reference).
+SOFTMAX_IMPL = "auto"
+
+
+def _softmax_rows(input: Tensor) -> Tensor:
+    """softmax over the last dim of a NumPy array as (n, k) rows, in blocks of rows that stay in the
+    cache (``_chunked``); the math of ``softmax``, the row sums as matrix-vector products (BLAS)."""
+    k = input.shape[-1]
+    x = input.data.reshape(-1, k)
+    dtype, rows = x.dtype, max(1, CHUNK // k)
+    ones = np.ones(k, dtype)
+    y = np.empty(x.shape, dtype)
+
+    def forward(_, x, y, m):
+        np.maximum.reduce(x, axis=1, keepdims=True, out=m)
+        np.subtract(x, m, y)
+        np.exp(y, y)
+        np.matmul(y, ones, m[:, 0])
+        y /= m
+    _chunked(forward, [x, y], rows, scratch=[(1,)])
+
+    def backward(g):
+        dx = np.empty(x.shape, dtype)
+
+        def grad(_, g, y, dx, s):
+            np.multiply(g, y, dx)
+            np.matmul(dx, ones, s[:, 0])                    # sum_j g_j y_j
+            np.subtract(g, s, dx)
+            dx *= y
+        _chunked(grad, [g.reshape(-1, k), y, dx], rows, scratch=[(1,)])
+        return (dx.reshape(input.shape),)
+    return Tensor.from_op(y.reshape(input.shape), (input,), backward, "softmax")
 
 
 def _shift_by_max(x, dim: int, copy: bool = False):
@@ -391,7 +430,7 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bi
     """Normalise over the trailing ``normalized_shape`` dims: ``(x - E[x]) / sqrt(Var[x] + eps) * w + b``.
 
     input (*, *normalized_shape); weight, bias normalized_shape. Var is biased (divides by n), as
-    PyTorch. Fused forward/backward (see ``_normalize``).
+    PyTorch. Fused forward/backward (see ``_normalize``); on the CPU by blocks of rows (``LAYER_NORM_IMPL``).
     """
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     k = len(shape)
@@ -401,8 +440,92 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bi
         if p is not None and p.shape != shape:
             raise ValueError(f"layer_norm: {name} must have normalized_shape {shape}, got {p.shape}")
     lead = input.ndim - k
+    if LAYER_NORM_IMPL == "auto" and input.xp is np and input.size and \
+            all(p is None or p.dtype == input.dtype for p in (weight, bias)):
+        return _layer_norm_rows(input, weight, bias, eps, math.prod(shape))
     return _normalize("layer_norm", input, weight, bias, tuple(range(lead, input.ndim)),
                       (1,) * lead + shape, eps)[0]
+
+
+# Which layer_norm computes: "reference" is ``_normalize`` over whole arrays (also batch_norm's);
+# "auto" takes ``_layer_norm_rows`` for NumPy arrays (the GPU keeps the whole-array reference).
+LAYER_NORM_IMPL = "auto"
+
+
+def _layer_norm_rows(input: Tensor, weight, bias, eps: float, c: int) -> Tensor:
+    """layer_norm of a NumPy array as (n, c) rows, in blocks of rows that stay in the cache (``_chunked``);
+    the same math as ``_normalize``.
+
+    Forward keeps mean and rstd = 1 / sqrt(var + eps) per row (n, 1); the backward normalises x again,
+    xhat = (x - mean) rstd, and with gh = g w:  dx = rstd (gh - mean(gh) - xhat mean(gh xhat)) (means over
+    the row), dw = sum_rows g xhat, db = sum_rows g (per block, then over the blocks' partial sums).
+    NumPy is slow where an operand is broadcast over short rows, so the row sums are matrix-vector
+    products (BLAS), the sums of squares ``einsum``, and w and b are tiled to a block's shape once.
+    """
+    x = input.data.reshape(-1, c)
+    n, dtype = x.shape[0], x.dtype
+    rows = min(n, max(1, CHUNK // c))
+    w, b = ((None if p is None else np.tile(p.data.reshape(c), (rows, 1))) for p in (weight, bias))
+    ones_c, ones_rows, eps_ = np.ones(c, dtype), np.ones(rows, dtype), dtype.type(eps)
+    out, mean, rstd = np.empty(x.shape, dtype), np.empty((n, 1), dtype), np.empty((n, 1), dtype)
+
+    def forward(_, x, out, mean, rstd, xhat):
+        r = len(x)
+        np.matmul(x, ones_c, mean[:, 0])
+        mean /= c
+        np.subtract(x, mean, xhat)
+        np.einsum("ij,ij->i", xhat, xhat, out=rstd[:, 0])
+        rstd /= c                                            # the biased variance
+        rstd += eps_
+        np.sqrt(rstd, rstd)
+        np.divide(1, rstd, rstd)
+        if w is None:
+            np.multiply(xhat, rstd, out)
+        else:
+            xhat *= rstd
+            np.multiply(xhat, w[:r], out)
+        if b is not None:
+            out += b[:r]
+    _chunked(forward, [x, out, mean, rstd], rows, scratch=[(c,)])
+    parents = [input] + [p for p in (weight, bias) if p is not None]
+
+    def backward(g):
+        g = g.reshape(-1, c)
+        need_w, need_b = (p is not None and p.requires_grad for p in (weight, bias))
+        dx = np.empty(x.shape, dtype)
+        dw, db = (np.empty((-(-n // rows), c), dtype) if need else None for need in (need_w, need_b))
+
+        def grad(blk, x, g, mean, rstd, dx, xhat, ghx, m):
+            r = len(x)
+            np.subtract(x, mean, xhat)
+            xhat *= rstd
+            np.multiply(g, xhat, ghx)                          # g xhat
+            if need_w:
+                np.matmul(ones_rows[:r], ghx, dw[blk])
+            if need_b:
+                np.matmul(ones_rows[:r], g, db[blk])
+            if not input.requires_grad:
+                return
+            if w is None:
+                dx[...] = g                                    # gh
+            else:
+                ghx *= w[:r]                                   # gh xhat
+                np.multiply(g, w[:r], dx)                      # gh
+            np.matmul(ghx, ones_c, m[:, 0])
+            m /= c
+            xhat *= m                                          # xhat mean(gh xhat)
+            np.matmul(dx, ones_c, m[:, 0])
+            m /= c
+            dx -= m
+            dx -= xhat
+            dx *= rstd
+        _chunked(grad, [x, g, mean, rstd, dx], rows, scratch=[(c,), (c,), (1,)])
+        grads = [dx.reshape(input.shape) if input.requires_grad else None]
+        for p, part in ((weight, dw), (bias, db)):
+            if p is not None:
+                grads.append(None if part is None else part.sum(axis=0).reshape(p.shape))
+        return grads
+    return Tensor.from_op(out.reshape(input.shape), parents, backward, "layer_norm")
 
 
 def batch_norm(input: Tensor, running_mean, running_var, weight: Tensor | None = None,
