@@ -230,7 +230,8 @@ def _softmax(impl, x, g, dim, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("shape, dim", [((2, 3, 40, 9, 9), -1), ((3, 50, 196), 2), ((7,), 0), ((4, 1), -1)])
+@pytest.mark.parametrize("shape, dim", [((2, 3, 40, 9, 9), -1), ((3, 50, 196), 2), ((7,), 0), ((4, 1), -1), ((5, 2), 1),
+                                        ((6, 17), -1)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_softmax_rows_match_reference(dtype, shape, dim, threads, monkeypatch):
     monkeypatch.setattr(nn, "CHUNK", 1000)

@@ -292,7 +292,8 @@ SOFTMAX_IMPL = "auto"
 
 def _softmax_rows(input: Tensor) -> Tensor:
     """softmax over the last dim of a NumPy array as (n, k) rows, in blocks of rows that stay in the
-    cache (``_chunked``); the math of ``softmax``, the row sums as matrix-vector products (BLAS)."""
+    cache (``_chunked``); the math of ``softmax``, the row sums as matrix-vector products (BLAS), the row
+    maxima of short rows (outlook attention's k = 9) as a loop over the columns."""
     k = input.shape[-1]
     x = input.data.reshape(-1, k)
     dtype, rows = x.dtype, max(1, CHUNK // k)
@@ -300,7 +301,12 @@ def _softmax_rows(input: Tensor) -> Tensor:
     y = np.empty(x.shape, dtype)
 
     def forward(_, x, y, m):
-        np.maximum.reduce(x, axis=1, keepdims=True, out=m)
+        if k <= 16:  # NumPy's reduce over a short last axis pays a call per row: 6x slower at k = 9
+            np.maximum(x[:, :1], x[:, 1:2] if k > 1 else x[:, :1], out=m)
+            for j in range(2, k):
+                np.maximum(m, x[:, j:j + 1], out=m)
+        else:
+            np.maximum.reduce(x, axis=1, keepdims=True, out=m)
         np.subtract(x, m, y)
         np.exp(y, y)
         np.matmul(y, ones, m[:, 0])
