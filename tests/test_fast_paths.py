@@ -247,3 +247,24 @@ def test_softmax_rows_match_reference(dtype, shape, dim, threads, monkeypatch):
         assert f.dtype == dtype and f.shape == shape, name
         assert np.isfinite(f).all(), name
         np.testing.assert_allclose(f, r, err_msg=name, **tol)
+
+
+@pytest.mark.parametrize("op", ["gelu", "layer_norm", "softmax"])
+def test_chunked_values_do_not_depend_on_the_thread_count(op, monkeypatch):
+    """The blocks are fixed by CHUNK; threads only share them out: 1, 2 and 3 threads give the same bits."""
+    monkeypatch.setattr(nn, "CHUNK", 1000)
+    monkeypatch.setattr(nn, "_SPLIT_MIN", 1)
+    rng = np.random.default_rng(9)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in [(3, 70, 40), (40,), (40,)])
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
+        ts = [Tensor(a, requires_grad=True, device="cpu") for a in (x, w, b)]
+        out = {"gelu": lambda: nn.gelu(ts[0]), "layer_norm": lambda: nn.layer_norm(ts[0], 40, ts[1], ts[2]),
+               "softmax": lambda: nn.softmax(ts[0], -1)}[op]()
+        out.backward(g)
+        results.append([out.numpy()] + [t.grad.numpy() for t in ts if t.grad is not None])
+    for other in results[1:]:
+        for r, o in zip(results[0], other):
+            np.testing.assert_array_equal(o, r)

@@ -66,8 +66,9 @@ def relu(input: Tensor) -> Tensor:
 # (CHUNK elements, a few chunk-sized scratch buffers) the chain's temporaries stay in the L1/L2 cache and
 # only the inputs and outputs travel: on 3.6M float32 (D1's stage-1 GELU), 24 passes take 40 ms whole
 # and 14 ms chunked (1 thread). NumPy releases the GIL inside its loops, so a large array's chunks are
-# also shared among ELEMENTWISE_THREADS threads. CPU (NumPy) only: on CuPy whole-array kernels are the
-# fast way and Python loops over chunks would only add launches.
+# also shared among ELEMENTWISE_THREADS threads (the blocks, hence the values, do not depend on the
+# number of threads). CPU (NumPy) only: on CuPy whole-array kernels are the fast way and Python loops
+# over chunks would only add launches.
 CHUNK = 1 << 15  # elements (128 KiB of float32 per buffer; four of them fit the L2 cache)
 ELEMENTWISE_THREADS = min(2, os.cpu_count() or 1)
 _SPLIT_MIN = 1 << 18  # elements; below this the threads' overhead outweighs the gain
