@@ -155,16 +155,20 @@ def test_gelu_float64_keeps_the_reference(monkeypatch):
     np.testing.assert_allclose(out, x * ndtr(x), rtol=1e-14, atol=1e-15)  # 1 + erf cancels for x < 0
 
 
-def test_gelu_on_the_gpu_keeps_the_whole_array_kernel(on_fakecupy, monkeypatch):
-    """On CuPy (fakecupy) float32 GELU runs backend.erf over the whole array, never the host chunk loop."""
-    from scipy.special import ndtr
-    monkeypatch.setattr(nn, "_gelu_float32", lambda t: pytest.fail("a device array took the host chunk loop"))
-    x = np.linspace(-6, 6, 101).astype(np.float32)
+@pytest.mark.parametrize("op, fast", [("gelu", "_gelu_float32"), ("layer_norm", "_layer_norm_rows"),
+                                      ("softmax", "_softmax_rows")])
+def test_on_the_gpu_the_ops_keep_their_whole_array_kernels(op, fast, on_fakecupy, monkeypatch):
+    """On CuPy (fakecupy) float32 gelu, layer_norm and softmax run the whole-array references, never the
+    host's chunk loops, and give their numbers."""
+    monkeypatch.setattr(nn, fast, lambda *a: pytest.fail("a device array took the host chunk loop"))
+    x = np.linspace(-6, 6, 120).astype(np.float32).reshape(10, 12)
+    fn = {"gelu": nn.gelu, "layer_norm": lambda t: nn.layer_norm(t, 12), "softmax": lambda t: nn.softmax(t, -1)}[op]
     t = Tensor(x, requires_grad=True, device="cuda")
-    out = nn.gelu(t)
+    out = fn(t)
     out.sum().backward()
-    assert out.device == "cuda" and out.dtype == np.float32
-    np.testing.assert_allclose(out.numpy(), x * ndtr(x.astype(np.float64)), rtol=1e-6, atol=1e-6)
+    assert out.device == "cuda" and out.dtype == np.float32 and t.grad.device == "cuda"
+    monkeypatch.undo()
+    np.testing.assert_allclose(out.numpy(), fn(Tensor(x, device="cpu")).numpy(), rtol=1e-5, atol=1e-6)
 
 
 # --- layer_norm by blocks of rows against _normalize over whole arrays ------------------------------

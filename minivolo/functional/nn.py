@@ -3,7 +3,9 @@
 Every op takes Tensors and returns a Tensor, computing in the input's dtype (float32 stays float32)
 and on the input's device. Hot or numerically delicate ops (layer_norm, batch_norm, softmax,
 log_softmax, cross_entropy, gelu) are fused: the forward keeps what the backward needs and the
-backward is written out by hand, instead of recording a graph of a dozen elementwise nodes.
+backward is written out by hand, instead of recording a graph of a dozen elementwise nodes. On the CPU,
+gelu (float32), layer_norm and softmax run block by block so that their temporaries stay in the cache
+(``_chunked``); their whole-array versions, the GPU's, stay beside them as references (``*_IMPL``).
 """
 from __future__ import annotations
 
