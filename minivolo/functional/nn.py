@@ -273,7 +273,8 @@ def softmax(input: Tensor, dim: int = -1) -> Tensor:
     (``SOFTMAX_IMPL``).
     """
     xp = input.xp
-    if SOFTMAX_IMPL == "auto" and xp is np and input.size and dim in (-1, input.ndim - 1):
+    if SOFTMAX_IMPL == "auto" and xp is np and input.size and input.dtype.kind == "f" and \
+            dim in (-1, input.ndim - 1):
         return _softmax_rows(input)
     y = _shift_by_max(input.data, dim, copy=True)
     xp.exp(y, out=y)
@@ -449,7 +450,7 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bi
         if p is not None and p.shape != shape:
             raise ValueError(f"layer_norm: {name} must have normalized_shape {shape}, got {p.shape}")
     lead = input.ndim - k
-    if LAYER_NORM_IMPL == "auto" and input.xp is np and input.size and \
+    if LAYER_NORM_IMPL == "auto" and input.xp is np and input.size and input.dtype.kind == "f" and \
             all(p is None or p.dtype == input.dtype for p in (weight, bias)):
         return _layer_norm_rows(input, weight, bias, eps, math.prod(shape))
     return _normalize("layer_norm", input, weight, bias, tuple(range(lead, input.ndim)),
