@@ -134,9 +134,9 @@ def erf(input: Tensor) -> Tensor:
 
 
 # GELU's normal CDF in float32: Phi(x) = 1/2 + 1/2 erf(x / sqrt 2), with erf(u) ~ u P(u^2) / Q(u^2) on
-# |u| <= 4 (beyond it erf(u) rounds to +-1 in float32): the rational approximation of erf for float of
-# Eigen (``generic_fast_erf_float``, Eigen/src/Core/arch/Default/GenericPacketMathFunctions.h), the one
-# XLA and TensorFlow use for float32; its coefficients as published there, highest power first.
+# |u| <= 4 (beyond it erf(u) rounds to +-1 in float32): Eigen 3.3/3.4's 13/8-degree rational
+# approximation for float (``generic_fast_erf_float`` in unsupported/Eigen/src/SpecialFunctions/
+# SpecialFunctionsImpl.h; TensorFlow's float32 erf), its coefficients as published there, highest power first.
 _ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
           -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
 _ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
