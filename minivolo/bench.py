@@ -206,16 +206,16 @@ def _header_lines(env: dict) -> list[str]:
 
 @contextlib.contextmanager
 def _threads(n: int | None, use_torch: bool = True):
-    """NumPy's BLAS, minivolo's erf split and torch on ``n`` threads (torch on every core when None),
-    restored afterwards."""
+    """NumPy's BLAS, minivolo's chunked elementwise ops and torch on ``n`` threads (torch on every core
+    when None), restored afterwards."""
     from .functional import nn as ops
     torch = _torch() if use_torch else None
     before = torch.get_num_threads() if torch else None
-    erf_threads = ops.ERF_THREADS
+    elementwise_threads = ops.ELEMENTWISE_THREADS
     if torch:
         torch.set_num_threads(n or os.cpu_count() or 1)
     if n is not None:
-        ops.ERF_THREADS = min(n, erf_threads)
+        ops.ELEMENTWISE_THREADS = min(n, elementwise_threads)
     limits = contextlib.nullcontext()
     if n is not None:
         try:
@@ -227,7 +227,7 @@ def _threads(n: int | None, use_torch: bool = True):
         with limits:
             yield
     finally:
-        ops.ERF_THREADS = erf_threads
+        ops.ELEMENTWISE_THREADS = elementwise_threads
         if torch:
             torch.set_num_threads(before)
 

@@ -1,9 +1,10 @@
 """Fast paths against their readable references (no torch): each fused or fast kernel must give the
-reference's numbers, in float64 to 1e-12, forward and backward."""
+reference's numbers, forward and backward: in float64 to 1e-12; the float32-only kernels (the chunked GELU)
+to a few float32 ulp, and against float64 mathematics."""
 import numpy as np
 import pytest
 
-from minivolo.functional import conv
+from minivolo.functional import conv, nn
 from minivolo.tensor import Tensor
 
 
@@ -70,13 +71,204 @@ def test_conv2d_taps_float32_stays_float32(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_erf_split_over_threads_matches_one_call(dtype, monkeypatch):
-    """gelu's erf split over threads gives the very values of one backend.erf call, in the input's dtype."""
+    """erf split over threads gives the very values of one backend.erf call, in the input's dtype."""
     from minivolo import backend
-    from minivolo.functional import nn
-    x = np.random.default_rng(3).standard_normal((3, 70001)).astype(dtype) * 3  # odd size: uneven chunks
-    monkeypatch.setattr(nn, "_ERF_SPLIT_MIN", 1)
+    x = np.random.default_rng(3).standard_normal((3, 70001)).astype(dtype) * 3  # odd size: uneven parts
+    monkeypatch.setattr(nn, "_SPLIT_MIN", 1)
     for threads in (2, 3):
-        monkeypatch.setattr(nn, "ERF_THREADS", threads)
+        monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
         out = nn._erf(x)
         assert out.dtype == dtype and out.shape == x.shape
         np.testing.assert_array_equal(out, backend.erf(x))
+
+
+# --- chunked float32 GELU against the reference and against float64 mathematics ---------------------
+SPECIALS = [0.0, -0.0, 1e-45, -1e-45, 1e-38, -1e-38, 1e-30, 3e-8, -3e-8, 5.6, 5.7, -5.7, 9.0, -9.0, 40.0, -40.0,
+            1e30, -1e30, np.finfo(np.float32).max, -np.finfo(np.float32).max, np.inf, -np.inf]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_normal_cdf_float32_is_within_4_ulp(threads, monkeypatch):
+    """Phi(x) of the rational approximation in float32, chunk by chunk, against float64's ndtr on a dense
+    grid: absolute error <= 4 ulp of [0.5, 1) (2.4e-7); +-0 and tiny x give 0.5, +-inf 1 and 0, NaN stays NaN."""
+    from scipy.special import ndtr
+    monkeypatch.setattr(nn, "CHUNK", 4096)
+    monkeypatch.setattr(nn, "_SPLIT_MIN", 1)
+    monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
+    x = np.concatenate([np.linspace(-12, 12, 1_000_001), SPECIALS, [np.nan]]).astype(np.float32)
+    cdf = np.empty_like(x)
+    nn._chunked(lambda _, x, out, *scratch: nn._normal_cdf_float32(x, out, *scratch), [x, cdf], scratch=((),) * 3)
+    ref = ndtr(x.astype(np.float64))
+    assert cdf.dtype == np.float32
+    assert np.isnan(cdf[-1]) and not np.isnan(cdf[:-1]).any()
+    err = np.abs(cdf[:-1] - ref[:-1])
+    assert err.max() <= 4 * 2.0 ** -24, (err.max(), x[err.argmax()])
+    tiny = np.abs(x) < 1e-7
+    assert (cdf[tiny] == 0.5).all()
+    assert cdf[x == np.inf].tolist() == [1.0] and cdf[x == -np.inf].tolist() == [0.0]
+
+
+def _gelu(x, g, impl, monkeypatch):
+    monkeypatch.setattr(nn, "GELU_IMPL", impl)
+    t = Tensor(x, requires_grad=True, device="cpu")
+    out = nn.gelu(t)
+    out.backward(g)
+    return out.numpy(), t.grad.numpy()
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5000), (2, 130, 300)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gelu_chunked_matches_reference(shape, threads, monkeypatch):
+    """float32 GELU by chunks (auto) against x Phi(x) with SciPy's erf (reference), forward and backward,
+    for arrays shorter and longer than a chunk, split over threads or not."""
+    monkeypatch.setattr(nn, "CHUNK", 4096)
+    monkeypatch.setattr(nn, "_SPLIT_MIN", 1)
+    monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    x.reshape(-1)[:len(SPECIALS)] = SPECIALS[:x.size]
+    g = rng.standard_normal(shape).astype(np.float32)
+    with np.errstate(all="ignore"):  # inf * 0 and the like, in both alike
+        fast, reference = _gelu(x, g, "auto", monkeypatch), _gelu(x, g, "reference", monkeypatch)
+    for name, f, r in zip(("out", "dx"), fast, reference):
+        assert f.dtype == np.float32 and f.shape == shape, name
+        np.testing.assert_allclose(f, r, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_gelu_chunked_reads_a_strided_input_and_gradient(monkeypatch):
+    """A transposed (non-contiguous) input and a broadcast gradient give the reference's numbers."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 200)).astype(np.float32).T
+    g = np.broadcast_to(rng.standard_normal(300).astype(np.float32), x.shape)
+    fast, reference = _gelu(x, g, "auto", monkeypatch), _gelu(x, g, "reference", monkeypatch)
+    for f, r in zip(fast, reference):
+        np.testing.assert_allclose(f, r, rtol=1e-6, atol=1e-6)
+
+
+def test_gelu_float64_keeps_the_reference(monkeypatch):
+    """float64 never takes the float32 kernel (its parity to torch is SciPy's exact erf)."""
+    monkeypatch.setattr(nn, "_gelu_float32", lambda t: pytest.fail("float64 took the float32 kernel"))
+    x = np.linspace(-6, 6, 101)
+    from scipy.special import ndtr
+    out = nn.gelu(Tensor(x, device="cpu")).numpy()
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, x * ndtr(x), rtol=1e-14, atol=1e-15)  # 1 + erf cancels for x < 0
+
+
+@pytest.mark.parametrize("op, fast", [("gelu", "_gelu_float32"), ("layer_norm", "_layer_norm_rows"),
+                                      ("softmax", "_softmax_rows")])
+def test_on_the_gpu_the_ops_keep_their_whole_array_kernels(op, fast, on_fakecupy, monkeypatch):
+    """On CuPy (fakecupy) float32 gelu, layer_norm and softmax run the whole-array references, never the
+    host's chunk loops, and give their numbers."""
+    monkeypatch.setattr(nn, fast, lambda *a: pytest.fail("a device array took the host chunk loop"))
+    x = np.linspace(-6, 6, 120).astype(np.float32).reshape(10, 12)
+    fn = {"gelu": nn.gelu, "layer_norm": lambda t: nn.layer_norm(t, 12), "softmax": lambda t: nn.softmax(t, -1)}[op]
+    t = Tensor(x, requires_grad=True, device="cuda")
+    out = fn(t)
+    out.sum().backward()
+    assert out.device == "cuda" and out.dtype == np.float32 and t.grad.device == "cuda"
+    monkeypatch.undo()
+    np.testing.assert_allclose(out.numpy(), fn(Tensor(x, device="cpu")).numpy(), rtol=1e-5, atol=1e-6)
+
+
+# --- layer_norm by blocks of rows against _normalize over whole arrays ------------------------------
+def _layer_norm(impl, x, w, b, g, shape, monkeypatch, grads=(True, True, True)):
+    monkeypatch.setattr(nn, "LAYER_NORM_IMPL", impl)
+    ts = [None if a is None else Tensor(a, requires_grad=r, device="cpu") for a, r in zip((x, w, b), grads)]
+    out = nn.layer_norm(ts[0], shape, ts[1], ts[2])
+    out.backward(g)
+    return [out.numpy()] + [None if t is None or t.grad is None else t.grad.numpy() for t in ts]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape, normalized, affine", [
+    ((4, 7, 192), (192,), (True, True)),        # many blocks of rows (CHUNK is small here)
+    ((3, 5, 4, 6), (4, 6), (True, True)),       # two normalised dims
+    ((1000, 33), (33,), (True, False)),         # weight, no bias
+    ((50, 9), (9,), (False, False)),            # no affine parameters
+    ((9,), (9,), (False, True)),                # one row
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_layer_norm_rows_match_reference(dtype, shape, normalized, affine, threads, monkeypatch):
+    monkeypatch.setattr(nn, "CHUNK", 512)
+    monkeypatch.setattr(nn, "_SPLIT_MIN", 1)
+    monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    w, b = ((rng.standard_normal(normalized).astype(dtype) if on else None) for on in affine)
+    g = rng.standard_normal(shape).astype(dtype)
+    fast = _layer_norm("auto", x, w, b, g, normalized, monkeypatch)
+    # float32 against the float64 reference: dw and db sum 1000 float32 rows (the reference's float32
+    # sums are further off than the blocks' partial sums)
+    as64 = [None if a is None else a.astype(np.float64) for a in (x, w, b, g)]
+    reference = _layer_norm("reference", *as64, normalized, monkeypatch)
+    tol = dict(rtol=0, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=5e-5)
+    for name, f, r in zip(("out", "dx", "dw", "db"), fast, reference):
+        assert (f is None) == (r is None), name
+        if r is not None:
+            assert f.dtype == dtype and f.shape == r.shape, name
+            np.testing.assert_allclose(f, r, err_msg=name, **tol)
+
+
+@pytest.mark.parametrize("grads", [(False, True, True), (True, False, True), (True, True, False)])
+def test_layer_norm_rows_skip_unneeded_gradients(grads, monkeypatch):
+    """Only the inputs that require grad get one, and those equal the reference's (float64, 1e-12)."""
+    rng = np.random.default_rng(7)
+    x, w, b, g = rng.standard_normal((6, 10)), rng.standard_normal(10), rng.standard_normal(10), \
+        rng.standard_normal((6, 10))
+    fast = _layer_norm("auto", x, w, b, g, (10,), monkeypatch, grads)
+    reference = _layer_norm("reference", x, w, b, g, (10,), monkeypatch, grads)
+    for f, r, need in zip(fast[1:], reference[1:], grads):
+        assert (f is not None) == need == (r is not None)
+        if need:
+            np.testing.assert_allclose(f, r, rtol=0, atol=1e-12)
+
+
+# --- softmax by blocks of rows against the whole-array softmax --------------------------------------
+def _softmax(impl, x, g, dim, monkeypatch):
+    monkeypatch.setattr(nn, "SOFTMAX_IMPL", impl)
+    t = Tensor(x, requires_grad=True, device="cpu")
+    out = nn.softmax(t, dim)
+    out.backward(g)
+    return out.numpy(), t.grad.numpy()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape, dim", [((2, 3, 40, 9, 9), -1), ((3, 50, 196), 2), ((7,), 0), ((4, 1), -1), ((5, 2), 1),
+                                        ((6, 17), -1)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_softmax_rows_match_reference(dtype, shape, dim, threads, monkeypatch):
+    monkeypatch.setattr(nn, "CHUNK", 1000)
+    monkeypatch.setattr(nn, "_SPLIT_MIN", 1)
+    monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    x.reshape(-1)[:3] = [80, -1e4, 1e4][:x.size]   # huge logits: the max shift keeps them finite
+    g = rng.standard_normal(shape).astype(dtype)
+    fast, reference = _softmax("auto", x, g, dim, monkeypatch), _softmax("reference", x, g, dim, monkeypatch)
+    tol = dict(rtol=0, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
+    for name, f, r in zip(("out", "dx"), fast, reference):
+        assert f.dtype == dtype and f.shape == shape, name
+        assert np.isfinite(f).all(), name
+        np.testing.assert_allclose(f, r, err_msg=name, **tol)
+
+
+@pytest.mark.parametrize("op", ["gelu", "layer_norm", "softmax"])
+def test_chunked_values_do_not_depend_on_the_thread_count(op, monkeypatch):
+    """The blocks are fixed by CHUNK; threads only share them out: 1, 2 and 3 threads give the same bits."""
+    monkeypatch.setattr(nn, "CHUNK", 1000)
+    monkeypatch.setattr(nn, "_SPLIT_MIN", 1)
+    rng = np.random.default_rng(9)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in [(3, 70, 40), (40,), (40,)])
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
+        ts = [Tensor(a, requires_grad=True, device="cpu") for a in (x, w, b)]
+        out = {"gelu": lambda: nn.gelu(ts[0]), "layer_norm": lambda: nn.layer_norm(ts[0], 40, ts[1], ts[2]),
+               "softmax": lambda: nn.softmax(ts[0], -1)}[op]()
+        out.backward(g)
+        results.append([out.numpy()] + [t.grad.numpy() for t in ts if t.grad is not None])
+    for other in results[1:]:
+        for r, o in zip(results[0], other):
+            np.testing.assert_array_equal(o, r)

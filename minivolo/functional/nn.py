@@ -3,7 +3,9 @@
 Every op takes Tensors and returns a Tensor, computing in the input's dtype (float32 stays float32)
 and on the input's device. Hot or numerically delicate ops (layer_norm, batch_norm, softmax,
 log_softmax, cross_entropy, gelu) are fused: the forward keeps what the backward needs and the
-backward is written out by hand, instead of recording a graph of a dozen elementwise nodes.
+backward is written out by hand, instead of recording a graph of a dozen elementwise nodes. On the CPU,
+gelu (float32), layer_norm and softmax run block by block so that their temporaries stay in the cache
+(``_chunked``); their whole-array versions, the GPU's, stay beside them as references (``*_IMPL``).
 """
 from __future__ import annotations
 
@@ -61,43 +63,153 @@ def relu(input: Tensor) -> Tensor:
     return Tensor.from_op(input.xp.maximum(x, 0), (input,), lambda g: (g * (x > 0),), "relu")
 
 
-# erf is compute-bound (SciPy's costs ~10 exps per element) and SciPy releases the GIL, so on the CPU a large
-# array is split over ERF_THREADS threads. Measured on 2 (busy) cores, float32 (6272, 576): erf 0.81x and
-# exp 0.76x the one-thread time, but memory-bound passes (subtract, multiply) 1.26x: only erf is split.
-ERF_THREADS = min(2, os.cpu_count() or 1)
-_ERF_SPLIT_MIN = 1 << 18  # elements; below this the threads' overhead outweighs the gain
-_erf_pool: tuple | None = None  # (pid, executor): a forked child makes its own (it has no pool threads)
+# --- the CPU's chunked elementwise path ------------------------------------------------------------
+# A chain of k NumPy ufuncs over a large array streams it through main memory k times. Run chunk by chunk
+# (CHUNK elements, a few chunk-sized scratch buffers) the chain's temporaries stay in the L1/L2 cache and
+# only the inputs and outputs travel: on 3.6M float32 (D1's stage-1 GELU), 24 passes take 40 ms whole
+# and 14 ms chunked (1 thread). NumPy releases the GIL inside its loops, so a large array's chunks are
+# also shared among ELEMENTWISE_THREADS threads (the blocks, hence the values, do not depend on the
+# number of threads). CPU (NumPy) only: on CuPy whole-array kernels are the fast way and Python loops
+# over chunks would only add launches.
+CHUNK = 1 << 15  # elements (128 KiB of float32 per buffer; four of them fit the L2 cache)
+ELEMENTWISE_THREADS = min(2, os.cpu_count() or 1)
+_SPLIT_MIN = 1 << 18  # elements; below this the threads' overhead outweighs the gain
+_pool: tuple | None = None  # (pid, executor): a forked child makes its own (it has no pool threads)
+
+
+def _split(run, n: int, size: int) -> None:
+    """``run(lo, hi)`` over ``[0, n)``, cut into ELEMENTWISE_THREADS contiguous parts run in parallel when
+    the work covers ``size >= _SPLIT_MIN`` elements (else one call)."""
+    global _pool
+    threads = min(ELEMENTWISE_THREADS, n) if size >= _SPLIT_MIN else 1
+    if threads < 2:
+        run(0, n)
+        return
+    if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers < threads - 1:
+        _pool = (os.getpid(), ThreadPoolExecutor(threads - 1, thread_name_prefix="minivolo"))
+    bounds = [n * i // threads for i in range(threads + 1)]
+    futures = [_pool[1].submit(run, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    run(bounds[0], bounds[1])
+    for f in futures:
+        f.result()
+
+
+def _chunked(kernel, arrays: list, rows: int = CHUNK, scratch: tuple = ()) -> None:
+    """``kernel(b, *blocks, *buffers)`` for every block b of ``rows`` rows (along the first axis) of the
+    NumPy ``arrays`` (of one length; those the kernel writes must be C-contiguous, e.g. fresh from
+    ``np.empty``), with buffers of shapes (rows, *s) for s in ``scratch`` (the first array's dtype), one
+    set per thread. The blocks are shared among ELEMENTWISE_THREADS threads when the arrays are large."""
+    n = arrays[0].shape[0]
+
+    def run(lo, hi):
+        buffers = [np.empty((min(rows, n),) + tuple(s), arrays[0].dtype) for s in scratch]
+        for b in range(lo, hi):
+            i, j = b * rows, min(b * rows + rows, n)
+            kernel(b, *[a[i:j] for a in arrays], *[buf[:j - i] for buf in buffers])
+    _split(run, -(-n // rows), arrays[0].size)
 
 
 def _erf(a):
-    """``backend.erf(a)``, split over ``ERF_THREADS`` threads for a large NumPy array (same values)."""
-    global _erf_pool
-    if ERF_THREADS < 2 or a.size < _ERF_SPLIT_MIN or backend.get_array_module(a) is not np:
+    """``backend.erf(a)``; a large NumPy array in ELEMENTWISE_THREADS parts at once (the same values)."""
+    if backend.get_array_module(a) is not np:
         return backend.erf(a)
-    if _erf_pool is None or _erf_pool[0] != os.getpid() or _erf_pool[1]._max_workers != ERF_THREADS - 1:
-        _erf_pool = (os.getpid(), ThreadPoolExecutor(ERF_THREADS - 1, thread_name_prefix="minivolo-erf"))
     flat, out = a.reshape(-1), np.empty(a.shape, a.dtype)
-    bounds = np.linspace(0, flat.size, ERF_THREADS + 1).astype(int)
-    chunks = [(out.reshape(-1)[lo:hi], flat[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
-    def run(chunk):
-        chunk[0][...] = backend.erf(chunk[1])
-    futures = [_erf_pool[1].submit(run, c) for c in chunks[1:]]
-    run(chunks[0])
-    for f in futures:
-        f.result()
+    def run(lo, hi):
+        out.reshape(-1)[lo:hi] = backend.erf(flat[lo:hi])
+    _split(run, flat.size, flat.size)
     return out
 
 
 def erf(input: Tensor) -> Tensor:
     """The error function ``erf(x) = 2/sqrt(pi) int_0^x exp(-t^2) dt``; d/dx = 2/sqrt(pi) exp(-x^2).
 
-    Values from ``backend.erf`` (SciPy on the CPU, CuPy on the GPU), in the input's dtype; a large CPU
-    array is split over ``ERF_THREADS`` threads.
+    Values from ``backend.erf`` (SciPy on the CPU, CuPy on the GPU), in the input's dtype, within 2 ulp of
+    torch's in float32 too (gelu's float32 rational approximation is up to 8 ulp off near |erf| = 1: fine
+    inside GELU, not as erf itself).
     """
     x = input.data
     return Tensor.from_op(_erf(x), (input,),
                           lambda g: (g * (2 / math.sqrt(math.pi)) * input.xp.exp(-x * x),), "erf")
+
+
+# GELU's normal CDF in float32: Phi(x) = 1/2 + 1/2 erf(x / sqrt 2), with erf(u) ~ u P(u^2) / Q(u^2) on
+# |u| <= 4 (beyond it erf(u) rounds to +-1 in float32): Eigen 3.3/3.4's 13/8-degree rational
+# approximation for float (``generic_fast_erf_float`` in unsupported/Eigen/src/SpecialFunctions/
+# SpecialFunctionsImpl.h; TensorFlow's float32 erf), its coefficients as published there, highest power first.
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)
+
+
+def _phi_coefficients():
+    """Substituting u = x / sqrt 2: Phi(x) = 1/2 + x P'(x^2) / Q'(x^2), with the power-k coefficients
+    scaled by 2^-k, P' by 1 / (2 sqrt 2) more, and both divided by Q's leading one (Q' monic: one multiply
+    less). Returns (P', Q' without its leading 1, the clamp 4 sqrt 2), as float32."""
+    n, m = len(_ERF_P) - 1, len(_ERF_Q) - 1
+    lead = _ERF_Q[0] / 2 ** m
+    p = [c / 2 ** (n - i) / (2 * math.sqrt(2)) / lead for i, c in enumerate(_ERF_P)]
+    q = [c / 2 ** (m - i) / lead for i, c in enumerate(_ERF_Q)]
+    return tuple(map(np.float32, p)), tuple(map(np.float32, q[1:])), np.float32(4 * math.sqrt(2))
+
+
+_PHI_P, _PHI_Q, _PHI_CLAMP = _phi_coefficients()
+_HALF, _MINUS_HALF, _INV_SQRT_2PI = np.float32(0.5), np.float32(-0.5), np.float32(1 / math.sqrt(2 * math.pi))
+
+
+def _normal_cdf_float32(x, out, xc, s, q):
+    """``out = Phi(x)`` for a float32 chunk, branch-free: xc = clip(x, +-4 sqrt 2), s = xc^2, Horner for
+    P'(s) and Q'(s), then 1/2 + xc P'/Q' (divided first, so that a subnormal x keeps its digits). NaN
+    propagates, +-inf gives 1 and 0. Absolute error < 3e-7 (test_fast_paths.py)."""
+    np.clip(x, -_PHI_CLAMP, _PHI_CLAMP, out=xc)
+    np.multiply(xc, xc, s)
+    np.multiply(s, _PHI_P[0], out)
+    out += _PHI_P[1]
+    for c in _PHI_P[2:]:
+        out *= s
+        out += c
+    np.add(s, _PHI_Q[0], q)
+    for c in _PHI_Q[1:]:
+        q *= s
+        q += c
+    out /= q
+    out *= xc
+    out += _HALF
+    return out
+
+
+def _gelu_float32(input: Tensor) -> Tensor:
+    """Exact GELU of a NumPy float32 array, chunk by chunk (``_chunked``): forward y = x Phi(x) with the
+    rational Phi above, keeping Phi for the backward g (Phi(x) + x exp(-x^2/2) / sqrt(2 pi))."""
+    x = input.data
+    out, cdf = np.empty(x.shape, np.float32), np.empty(x.shape, np.float32)
+
+    def forward(_, x, out, cdf, xc, s, q):
+        _normal_cdf_float32(x, cdf, xc, s, q)
+        np.multiply(x, cdf, out)
+    _chunked(forward, [a.reshape(-1) for a in (x, out, cdf)], scratch=((),) * 3)
+
+    def backward(g):
+        dx = np.empty(x.shape, np.float32)
+
+        def grad(_, x, cdf, g, dx):
+            np.multiply(x, x, dx)
+            dx *= _MINUS_HALF
+            np.exp(dx, dx)
+            dx *= x
+            dx *= _INV_SQRT_2PI                       # x phi(x)
+            dx += cdf
+            dx *= g
+        _chunked(grad, [a.reshape(-1) for a in (x, cdf, g, dx)])
+        return (dx,)
+    return Tensor.from_op(out, (input,), backward, "gelu")
+
+
+# Which GELU computes (approximate="none"): "reference" is x Phi(x) with backend.erf over whole arrays;
+# "auto" takes _gelu_float32 for float32 NumPy arrays and the reference elsewhere (float64: SciPy's erf
+# is exact to float64; the GPU: CuPy's erf kernel is fast).
+GELU_IMPL = "auto"
 
 
 def gelu(input: Tensor, approximate: str = "none") -> Tensor:
@@ -105,10 +217,12 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
 
     approximate="tanh": ``Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2``.
     Fused: d/dx = Phi(x) + x Phi'(x), with Phi' = exp(-x^2/2)/sqrt(2 pi) (exact) or the derivative
-    of the tanh form, from the values kept by the forward.
+    of the tanh form, from the values kept by the forward. float32 on the CPU: see ``GELU_IMPL``.
     """
     x, xp = input.data, input.xp
     if approximate == "none":
+        if GELU_IMPL == "auto" and xp is np and x.dtype == np.float32:
+            return _gelu_float32(input)
         cdf = _erf(x * (1 / math.sqrt(2)))
         cdf += 1
         cdf *= 0.5
@@ -155,9 +269,13 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
 def softmax(input: Tensor, dim: int = -1) -> Tensor:
     """``y_i = exp(x_i - max x) / sum_j exp(x_j - max x)`` along ``dim`` (shifted by the max: stable).
 
-    Fused: dx = y * (g - sum_j g_j y_j).
+    Fused: dx = y * (g - sum_j g_j y_j). Over the last dim of a NumPy array: by blocks of rows
+    (``SOFTMAX_IMPL``).
     """
     xp = input.xp
+    if SOFTMAX_IMPL == "auto" and xp is np and input.size and input.dtype.kind == "f" and \
+            dim in (-1, input.ndim - 1):
+        return _softmax_rows(input)
     y = _shift_by_max(input.data, dim, copy=True)
     xp.exp(y, out=y)
     y /= y.sum(axis=dim, keepdims=True)
@@ -169,6 +287,47 @@ def softmax(input: Tensor, dim: int = -1) -> Tensor:
         gx *= y
         return (gx,)
     return Tensor.from_op(y, (input,), backward, "softmax")
+
+
+# Which softmax computes: "reference" is the whole-array softmax above; "auto" takes ``_softmax_rows``
+# over the last dim of NumPy arrays (the GPU keeps the reference).
+SOFTMAX_IMPL = "auto"
+
+
+def _softmax_rows(input: Tensor) -> Tensor:
+    """softmax over the last dim of a NumPy array as (n, k) rows, in blocks of rows that stay in the
+    cache (``_chunked``); the math of ``softmax``, the row sums as matrix-vector products (BLAS), the row
+    maxima of short rows (outlook attention's k = 9) as a loop over the columns."""
+    k = input.shape[-1]
+    x = input.data.reshape(-1, k)
+    dtype, rows = x.dtype, max(1, CHUNK // k)
+    ones = np.ones(k, dtype)
+    y = np.empty(x.shape, dtype)
+
+    def forward(_, x, y, m):
+        if k <= 16:  # NumPy's reduce over a short last axis pays a call per row: 6x slower at k = 9
+            np.maximum(x[:, :1], x[:, 1:2] if k > 1 else x[:, :1], out=m)
+            for j in range(2, k):
+                np.maximum(m, x[:, j:j + 1], out=m)
+        else:
+            np.maximum.reduce(x, axis=1, keepdims=True, out=m)
+        np.subtract(x, m, y)
+        np.exp(y, y)
+        np.matmul(y, ones, m[:, 0])
+        y /= m
+    _chunked(forward, [x, y], rows, scratch=[(1,)])
+
+    def backward(g):
+        dx = np.empty(x.shape, dtype)
+
+        def grad(_, g, y, dx, s):
+            np.multiply(g, y, dx)
+            np.matmul(dx, ones, s[:, 0])                    # sum_j g_j y_j
+            np.subtract(g, s, dx)
+            dx *= y
+        _chunked(grad, [g.reshape(-1, k), y, dx], rows, scratch=[(1,)])
+        return (dx.reshape(input.shape),)
+    return Tensor.from_op(y.reshape(input.shape), (input,), backward, "softmax")
 
 
 def _shift_by_max(x, dim: int, copy: bool = False):
@@ -281,7 +440,7 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bi
     """Normalise over the trailing ``normalized_shape`` dims: ``(x - E[x]) / sqrt(Var[x] + eps) * w + b``.
 
     input (*, *normalized_shape); weight, bias normalized_shape. Var is biased (divides by n), as
-    PyTorch. Fused forward/backward (see ``_normalize``).
+    PyTorch. Fused forward/backward (see ``_normalize``); on the CPU by blocks of rows (``LAYER_NORM_IMPL``).
     """
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     k = len(shape)
@@ -291,8 +450,92 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bi
         if p is not None and p.shape != shape:
             raise ValueError(f"layer_norm: {name} must have normalized_shape {shape}, got {p.shape}")
     lead = input.ndim - k
+    if LAYER_NORM_IMPL == "auto" and input.xp is np and input.size and input.dtype.kind == "f" and \
+            all(p is None or p.dtype == input.dtype for p in (weight, bias)):
+        return _layer_norm_rows(input, weight, bias, eps, math.prod(shape))
     return _normalize("layer_norm", input, weight, bias, tuple(range(lead, input.ndim)),
                       (1,) * lead + shape, eps)[0]
+
+
+# Which layer_norm computes: "reference" is ``_normalize`` over whole arrays (also batch_norm's);
+# "auto" takes ``_layer_norm_rows`` for NumPy arrays (the GPU keeps the whole-array reference).
+LAYER_NORM_IMPL = "auto"
+
+
+def _layer_norm_rows(input: Tensor, weight, bias, eps: float, c: int) -> Tensor:
+    """layer_norm of a NumPy array as (n, c) rows, in blocks of rows that stay in the cache (``_chunked``);
+    the same math as ``_normalize``.
+
+    Forward keeps mean and rstd = 1 / sqrt(var + eps) per row (n, 1); the backward normalises x again,
+    xhat = (x - mean) rstd, and with gh = g w:  dx = rstd (gh - mean(gh) - xhat mean(gh xhat)) (means over
+    the row), dw = sum_rows g xhat, db = sum_rows g (per block, then over the blocks' partial sums).
+    NumPy is slow where an operand is broadcast over short rows, so the row sums are matrix-vector
+    products (BLAS), the sums of squares ``einsum``, and w and b are tiled to a block's shape once.
+    """
+    x = input.data.reshape(-1, c)
+    n, dtype = x.shape[0], x.dtype
+    rows = min(n, max(1, CHUNK // c))
+    w, b = ((None if p is None else np.tile(p.data.reshape(c), (rows, 1))) for p in (weight, bias))
+    ones_c, ones_rows, eps_ = np.ones(c, dtype), np.ones(rows, dtype), dtype.type(eps)
+    out, mean, rstd = np.empty(x.shape, dtype), np.empty((n, 1), dtype), np.empty((n, 1), dtype)
+
+    def forward(_, x, out, mean, rstd, xhat):
+        r = len(x)
+        np.matmul(x, ones_c, mean[:, 0])
+        mean /= c
+        np.subtract(x, mean, xhat)
+        np.einsum("ij,ij->i", xhat, xhat, out=rstd[:, 0])
+        rstd /= c                                            # the biased variance
+        rstd += eps_
+        np.sqrt(rstd, rstd)
+        np.divide(1, rstd, rstd)
+        if w is None:
+            np.multiply(xhat, rstd, out)
+        else:
+            xhat *= rstd
+            np.multiply(xhat, w[:r], out)
+        if b is not None:
+            out += b[:r]
+    _chunked(forward, [x, out, mean, rstd], rows, scratch=[(c,)])
+    parents = [input] + [p for p in (weight, bias) if p is not None]
+
+    def backward(g):
+        g = g.reshape(-1, c)
+        need_w, need_b = (p is not None and p.requires_grad for p in (weight, bias))
+        dx = np.empty(x.shape, dtype)
+        dw, db = (np.empty((-(-n // rows), c), dtype) if need else None for need in (need_w, need_b))
+
+        def grad(blk, x, g, mean, rstd, dx, xhat, ghx, m):
+            r = len(x)
+            np.subtract(x, mean, xhat)
+            xhat *= rstd
+            np.multiply(g, xhat, ghx)                          # g xhat
+            if need_w:
+                np.matmul(ones_rows[:r], ghx, dw[blk])
+            if need_b:
+                np.matmul(ones_rows[:r], g, db[blk])
+            if not input.requires_grad:
+                return
+            if w is None:
+                dx[...] = g                                    # gh
+            else:
+                ghx *= w[:r]                                   # gh xhat
+                np.multiply(g, w[:r], dx)                      # gh
+            np.matmul(ghx, ones_c, m[:, 0])
+            m /= c
+            xhat *= m                                          # xhat mean(gh xhat)
+            np.matmul(dx, ones_c, m[:, 0])
+            m /= c
+            dx -= m
+            dx -= xhat
+            dx *= rstd
+        _chunked(grad, [x, g, mean, rstd, dx], rows, scratch=[(c,), (c,), (1,)])
+        grads = [dx.reshape(input.shape) if input.requires_grad else None]
+        for p, part in ((weight, dw), (bias, db)):
+            if p is not None:
+                grads.append(None if part is None else part.sum(axis=0).reshape(p.shape))
+        return grads
+    return Tensor.from_op(out.reshape(input.shape), parents, backward, "layer_norm")
 
 
 def batch_norm(input: Tensor, running_mean, running_var, weight: Tensor | None = None,
