@@ -125,13 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("relabel", help="dense label maps of a teacher (token labeling)",
                        description="Run a trained model (the teacher) densely over the un-augmented training "
-                                   "images: the aux head on every token, logits stored as float16 (all classes "
-                                   "up to 100, the top 5 above) with the teacher and this command.")
+                                   "images: head(class token) + 0.5 aux head on every token (--maps), logits "
+                                   "stored as float16 (all classes up to 100, the top 5 above) with the teacher "
+                                   "and this command.")
     r.add_argument("checkpoint", help="the teacher: a .npz checkpoint or a run folder (its last.npz)")
     r.add_argument("--out", required=True, help="the label-map file to write (.npz)")
     r.add_argument("--dataset", choices=DATASETS, help="dataset (default: the one the teacher was trained on)")
     r.add_argument("--data-dir", help="folder of the dataset")
     r.add_argument("--batch-size", type=_positive(int), default=256, help="batch size (default: 256)")
+    r.add_argument("--maps", choices=("output", "aux"), default="output",
+                   help="the classifier at every token: 'output' = head(class token) + 0.5 aux_head(token), "
+                        "whose max over the tokens is the teacher's output; 'aux' = aux_head(token), for a "
+                        "teacher trained with token labels or --mix-token (default: output)")
     r.add_argument("--device", choices=backend.DEVICES, help="device (default: $MINIVOLO_DEVICE, cpu when unset)")
     r.set_defaults(argv=None)  # main() fills it in: the file records the command that made it
 
@@ -193,9 +198,10 @@ def _relabel(args) -> None:
                          f"images, dataset {dataset!r} has {len(train_set.classes)} of "
                          f"{train_set.images.shape[1]}-channel images")
     model = model_from_checkpoint(ckpt, args.device)
-    logits = relabel(model, train_set, args.batch_size, args.device, transform=_eval_transform(data))
+    logits = relabel(model, train_set, args.batch_size, args.device, transform=_eval_transform(data),
+                     maps=args.maps)
     teacher = dict(model=config.model, checkpoint=str(args.checkpoint), epoch=ckpt.get("epoch"),
-                   test_acc=max((m["test_acc"] for m in ckpt.get("metrics", [])), default=None))
+                   test_acc=max((m["test_acc"] for m in ckpt.get("metrics", [])), default=None), maps=args.maps)
     command = shlex.join(["python", "-m", "minivolo", *map(str, args.argv)])
     save_label_maps(args.out, logits, train_set, data["img_size"], teacher=teacher, command=command)
     n, c, h, w = logits.shape

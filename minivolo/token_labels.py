@@ -34,7 +34,7 @@ from .datasets import DataLoader
 from .tensor import Tensor, no_grad
 
 __all__ = ["LABEL_MAPS_FORMAT", "LabelMaps", "relabel", "dense_logits", "save_label_maps", "load_label_maps",
-           "images_checksum", "crop_boxes", "roi_align", "dense_targets"]
+           "images_checksum", "DENSE_MAPS", "crop_boxes", "roi_align", "dense_targets"]
 
 LABEL_MAPS_FORMAT = "minivolo-label-maps-1"
 ALL_CLASSES_UP_TO = 100  # more classes than this: keep the top-k logits per location (tlt keeps 5)
@@ -42,31 +42,56 @@ DEFAULT_TOPK = 5
 
 
 # --- the teacher's dense predictions ---------------------------------------------------------------
-def dense_logits(model, x: Tensor) -> Tensor:
+DENSE_MAPS = ("output", "aux")
+
+
+def dense_logits(model, x: Tensor, maps: str = "output") -> Tensor:
     """The classifier applied at every token, before pooling.  x (B, in_chans, H, W) -> (B, h, w, C).
 
-    For VOLO: ``aux_head`` on each token of ``forward_features`` (the class token left out), the
-    tokens on the (h, w) grid after the stages (``pos_embed``'s grid), row-major.
+    The tokens are those of ``forward_features`` (the class token left out), on the (h, w) grid after
+    the stages (``pos_embed``'s grid), row-major. ``maps`` chooses the classifier:
+
+        "output":  z_t = head(x_cls) + 0.5 aux_head(x_t)   (default)
+        "aux":     z_t = aux_head(x_t)
+
+    VOLO's inference output is ``head(x_cls) + 0.5 max_t aux_head(x_t)``: "output" is that output with
+    the max over tokens left out, so its max over the grid, class by class, is the teacher's output. A
+    teacher trained on that output (``train`` without token labels) trains its aux head only through the
+    max token of each class, and its bare aux map is a poor label: for the bundled teacher the class of
+    the averaged aux map is right for 40% of its training images, the "output" map's for 91% (its own
+    output: 92%). "aux" is the map of a teacher whose aux head was trained on every token (token
+    labeling, or ``--mix-token``).
     """
     if getattr(model, "aux_head", None) is None:
         raise ValueError(f"{type(model).__name__}: dense logits need an aux_head (VOLO with use_aux_head=True)")
+    if maps not in DENSE_MAPS:
+        raise ValueError(f"maps must be one of {DENSE_MAPS}, got {maps!r}")
     features = model.forward_features(x)  # (B, 1 + N, D), or (B, N, D) without class token
-    tokens = features[:, 1:] if model.post_network is not None else features
+    has_cls = model.post_network is not None
+    tokens = features[:, 1:] if has_cls else features
     h, w = model.pos_embed.shape[1:3]
     B, N, _ = tokens.shape
     if N != h * w:
         raise ValueError(f"{type(model).__name__}: expected {h}x{w} = {h * w} tokens (the pos_embed grid), "
                          f"got {N}")
-    return model.aux_head(tokens).reshape(B, h, w, -1)
+    z = model.aux_head(tokens)                                           # (B, N, C)
+    if maps == "output":
+        if not has_cls:
+            raise ValueError(f"{type(model).__name__}: maps='output' needs the class token (post_network); "
+                             f"use maps='aux'")
+        z = 0.5 * z + model.head(features[:, :1])                       # (B, 1, C) broadcast over tokens
+    return z.reshape(B, h, w, -1)
 
 
 @no_grad()
-def relabel(model, dataset, batch_size: int = 256, device: str | None = None, transform=None) -> np.ndarray:
+def relabel(model, dataset, batch_size: int = 256, device: str | None = None, transform=None,
+            maps: str = "output") -> np.ndarray:
     """Run a trained ``model`` (on ``device``, None: the default device) densely over every image of
     ``dataset``, in order; the model is left in eval mode.
 
     dataset: an ArrayDataset (its images un-augmented); transform: the evaluation preprocessing
-    (e.g. resize + normalise, as the teacher was evaluated), applied batch by batch on ``device``.
+    (e.g. resize + normalise, as the teacher was evaluated), applied batch by batch on ``device``;
+    maps: which classifier runs at every token (``dense_logits``).
     Returns host logits (len(dataset), C, h, w) float16 (see ``dense_logits``); raises ValueError when
     a logit does not fit float16.
     """
@@ -74,7 +99,7 @@ def relabel(model, dataset, batch_size: int = 256, device: str | None = None, tr
         raise ValueError("relabel: the dataset is empty")
     model.eval()
     loader = DataLoader(dataset, batch_size, transform=transform, device=device or backend.default_device())
-    batches = [backend.to_numpy(dense_logits(model, Tensor(x, device=loader.device)).data).astype(np.float16)
+    batches = [backend.to_numpy(dense_logits(model, Tensor(x, device=loader.device), maps).data).astype(np.float16)
                for x, _ in loader]
     out = np.concatenate(batches).transpose(0, 3, 1, 2)  # (images, C, h, w)
     if not np.isfinite(out).all():

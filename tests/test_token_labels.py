@@ -11,7 +11,7 @@ from minivolo import Tensor, cli, no_grad
 from minivolo.datasets import (ArrayDataset, Compose, MNIST_CLASSES, Normalize, RandomCrop, RandomHorizontalFlip,
                                Resize, write_idx)
 from minivolo.models import create_model
-from minivolo.token_labels import (crop_boxes, dense_targets, load_label_maps, relabel, roi_align,
+from minivolo.token_labels import (crop_boxes, dense_logits, dense_targets, load_label_maps, relabel, roi_align,
                                    save_label_maps)
 from minivolo.train import TrainConfig, save_checkpoint
 
@@ -275,10 +275,10 @@ def _direct(model, ds, transform):
         return model.aux_head(tokens).numpy().reshape(len(ds), 4, 4, -1).transpose(0, 3, 1, 2)
 
 
-def test_relabel_is_the_aux_head_on_every_token():
+def test_relabel_aux_is_the_aux_head_on_every_token():
     ds, model = _dataset(10), _teacher()
     transform = Compose([Resize(32), Normalize([0.3], [0.4])])
-    out = relabel(model, ds, batch_size=4, transform=transform)  # 3 batches, the last one short
+    out = relabel(model, ds, batch_size=4, transform=transform, maps="aux")  # 3 batches, the last one short
     assert out.shape == (10, 10, 4, 4) and out.dtype == np.float16
     np.testing.assert_allclose(out, _direct(model, ds, transform), rtol=2e-3, atol=2e-3)
     # the same token logits VOLO's inference output takes its max over: model(x) = head(cls) + 0.5 max aux
@@ -287,6 +287,27 @@ def test_relabel_is_the_aux_head_on_every_token():
         cls = model.head(model.forward_features(x)[:, 0]).numpy()
         np.testing.assert_allclose(model(x).numpy() - cls, 0.5 * out.astype(np.float32).max(axis=(2, 3)),
                                    rtol=2e-3, atol=2e-3)
+
+
+def test_relabel_output_maps_peak_at_the_teachers_output():
+    """maps="output" (the default): head(cls) + 0.5 aux at every token, whose max over the grid, class by
+    class, is the teacher's inference output model(x) (float64: to rounding)."""
+    ds, model = _dataset(10), _teacher().double()
+    transform = Compose([Resize(32), Normalize([0.3], [0.4])])
+    to64 = lambda a, rng=None: transform(a).astype(np.float64)  # noqa: E731
+    out = relabel(model, ds, batch_size=4, transform=to64)
+    x = Tensor(to64(ds.images.astype(np.float64) / 255))
+    with no_grad():
+        model.eval()
+        features = model.forward_features(x)
+        direct = model.head(features[:, :1]).numpy() + 0.5 * model.aux_head(features[:, 1:]).numpy()  # (B, 16, C)
+        z = dense_logits(model, x).numpy()  # (B, h, w, C), unrounded
+        model_out = model(x).numpy()
+    np.testing.assert_allclose(z.reshape(10, 16, 10), direct, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out, z.transpose(0, 3, 1, 2), rtol=2e-3, atol=2e-3)  # float16 storage
+    np.testing.assert_allclose(z.max(axis=(1, 2)), model_out, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="maps must be one of"):
+        dense_logits(model, x, maps="cls")
 
 
 def test_relabel_needs_an_aux_head():
@@ -310,10 +331,16 @@ def test_relabel_command(tmp_path, capsys):
     assert cli.main(["relabel", str(ckpt), "--out", str(out), "--batch-size", "4"]) == 0
     assert "label maps of 10 images, 10 classes on a 4x4 grid" in capsys.readouterr().out
     maps = load_label_maps(out, ds, img_size=32, grid=(4, 4))
-    assert maps.teacher == dict(model="volo_nano", checkpoint=str(ckpt), epoch=3, test_acc=0.75)
+    assert maps.teacher == dict(model="volo_nano", checkpoint=str(ckpt), epoch=3, test_acc=0.75, maps="output")
     assert maps.command == f"python -m minivolo relabel {ckpt} --out {out} --batch-size 4"
-    expected = _direct(model, ds, Compose([Resize(32), Normalize([0.3], [0.4])]))
+    x = Tensor(Compose([Resize(32), Normalize([0.3], [0.4])])(ds.images.astype(np.float32) / 255))
+    with no_grad():
+        expected = dense_logits(model.eval(), x).numpy().transpose(0, 3, 1, 2)  # the default maps: "output"
     np.testing.assert_allclose(maps.maps(np.arange(10)), expected, rtol=2e-3, atol=2e-3)
+    aux = tmp_path / "aux.npz"
+    assert cli.main(["relabel", str(ckpt), "--out", str(aux), "--batch-size", "4", "--maps", "aux"]) == 0
+    expected = _direct(model, ds, Compose([Resize(32), Normalize([0.3], [0.4])]))
+    np.testing.assert_allclose(load_label_maps(aux, ds).maps(np.arange(10)), expected, rtol=2e-3, atol=2e-3)
     # a dataset with another number of classes is refused before running the teacher
     assert cli.main(["relabel", str(ckpt), "--out", str(tmp_path / "x.npz"), "--dataset", "imagefolder",
                      "--data-dir", str(tmp_path / "none")]) == 2
