@@ -345,3 +345,17 @@ def test_relabel_command(tmp_path, capsys):
     assert cli.main(["relabel", str(ckpt), "--out", str(tmp_path / "x.npz"), "--dataset", "imagefolder",
                      "--data-dir", str(tmp_path / "none")]) == 2
     assert "error:" in capsys.readouterr().err and not (tmp_path / "x.npz").exists()
+
+
+def test_the_bundled_label_maps_fit_the_bundled_subset():
+    """data/token-labels: made for the subset's 10,000 training images on volo_tiny's 4x4 grid, <= 10 MB,
+    and the teacher's maps name the right class (averaged over the grid) for most images."""
+    from pathlib import Path
+    from minivolo.datasets import load_dataset
+    path = Path(__file__).resolve().parents[1] / "data" / "token-labels" / "fashion-mnist-subset-volo_tiny.npz"
+    assert path.stat().st_size <= 10 * 2 ** 20
+    train_set = load_dataset("fashion-mnist-subset", train=True)
+    maps = load_label_maps(path, train_set, img_size=32, grid=(4, 4))
+    assert maps.teacher["maps"] == "output" and maps.topk is None
+    z = maps.maps(np.arange(len(train_set))).mean(axis=(2, 3))  # (images, C)
+    assert (z.argmax(axis=1) == train_set.labels).mean() > 0.85
