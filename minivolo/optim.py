@@ -213,16 +213,18 @@ class AdamW(Optimizer):
 
 
 # --- gradients -------------------------------------------------------------------------------------
-def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0) -> float:
+def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0) -> Tensor:
     """Scale all gradients together so that their joint norm is at most ``max_norm``.
 
     total = || (||g_1||, ..., ||g_n||) ||_p  (the norm of the concatenated gradients);
-    every g_i *= min(max_norm / (total + 1e-6), 1). Returns ``total`` (before clipping) as a float.
+    every g_i *= min(max_norm / (total + 1e-6), 1). Returns ``total`` (before clipping) as a 0-d Tensor
+    on the gradients' device, as torch: reading it (``float(total)``, ``.item()``) is the caller's choice,
+    so a training step that clips does not wait for the device.
     """
     params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
     params = [p for p in params if p.grad is not None]
     if not params:
-        return 0.0
+        return Tensor(np.zeros((), np.float32))
     order = float(norm_type)
     grads = [q.grad.data for q in params]
     xp = backend.get_array_module(grads[0])
@@ -236,7 +238,7 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0) -> floa
     coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
     for q in params:  # a new array: gradients may be read-only views made by broadcasting
         q.grad = Tensor(q.grad.data * coef.astype(q.grad.dtype), device=q.device)
-    return float(total)
+    return Tensor(total, device=params[0].device)
 
 
 def param_groups_weight_decay(model, weight_decay: float,

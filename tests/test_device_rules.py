@@ -234,3 +234,24 @@ def test_arithmetic_on_different_devices_is_a_clear_error(on_fakecupy, op):
     with pytest.raises(RuntimeError, match=r"expected all tensors on the same device, but found at least two "
                                            r"devices, cuda \(tensor 0\) and cpu \(tensor 1\)"):
         op(a, b)
+
+
+def test_clip_grad_norm_does_not_wait_for_the_device(on_fakecupy):
+    """It returns the norm as a 0-d device Tensor (as torch), so a step with --clip-grad never syncs."""
+    from minivolo.optim import clip_grad_norm_
+    grads = [randn(4, 3), randn(5)]
+    results = {}
+    for device in ("cpu", "cuda"):
+        params = [mv.nn.Parameter(np.zeros(g.shape, np.float32)).to(device) for g in grads]
+        for p, g in zip(params, grads):
+            p.grad = on(device, g)
+        with on_fakecupy.counting() as c:
+            total = clip_grad_norm_(params, 0.5)
+        assert (c.copies, c.syncs) == (0, 0), c.report()
+        assert total.device == device and total.shape == ()
+        results[device] = total.item(), [p.grad.numpy() for p in params]
+    expected = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads))
+    np.testing.assert_allclose(results["cuda"][0], expected, rtol=1e-6)
+    np.testing.assert_allclose(results["cpu"][0], expected, rtol=1e-6)
+    for got, want in zip(results["cuda"][1], results["cpu"][1]):
+        np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -186,8 +186,8 @@ def test_clip_grad_norm_matches_torch(norm_type, max_norm):
         p.grad, q.grad = mv.Tensor(g.copy()), torch.tensor(g.copy())
     total = optim.clip_grad_norm_(ps, max_norm, norm_type)
     ttotal = torch.nn.utils.clip_grad_norm_(tps, max_norm, norm_type, foreach=False)
-    assert isinstance(total, float)
-    np.testing.assert_allclose(total, ttotal.item(), **TOL)
+    assert isinstance(total, mv.Tensor) and total.shape == () and total.dtype == np.float64  # as torch's
+    np.testing.assert_allclose(total.item(), ttotal.item(), **TOL)
     for p, q in zip(ps, tps):
         np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), **TOL)
 
