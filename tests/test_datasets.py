@@ -116,6 +116,9 @@ def test_readme_hashes_match_bundled_files():
     for path in (REPO / "data" / "fashion-mnist-subset").iterdir():
         row = re.search(rf"`{re.escape(path.name)}` \|.*`([0-9a-f]{{64}})`", readme)
         assert row and row.group(1) == hashlib.sha256(path.read_bytes()).hexdigest(), path.name
+    for path in (REPO / "data" / "token-labels").iterdir():  # the label maps: listed with their folder
+        row = re.search(rf"`token-labels/{re.escape(path.name)}` \|.*`([0-9a-f]{{64}})`", readme)
+        assert row and row.group(1) == hashlib.sha256(path.read_bytes()).hexdigest(), path.name
 
 
 @pytest.fixture(scope="module")
