@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import minivolo as mv
+from runs import assert_same_weights, cut_in_second_epoch, per_iteration
 from minivolo import functional as F
 
 
@@ -150,15 +151,7 @@ def test_a_training_iteration_waits_on_the_device_at_most_twice_and_copies_only_
         T.train(out=str(tmp_path), name=name, model="volo_tiny", epochs=1, batch_size=4, max_train=4 * iterations,
                 max_test=4, eval_batch_size=4, device="cuda", progress=progress)
 
-    run("warm-up", 1)  # constants cached on the device (pooling divisors, ...) are built here
-    counts = {}
-    for iterations in (1, 4):
-        with on_fakecupy.counting() as c:
-            run(f"it{iterations}", iterations)
-        counts[iterations] = c
-    syncs = (counts[4].syncs - counts[1].syncs) / 3
-    copies = (counts[4].copies - counts[1].copies) / 3
-    report = "\n".join(f"{n} iterations: {counts[n].report()}" for n in counts)
+    syncs, copies, report = per_iteration(on_fakecupy, run)
     assert syncs <= 2 and copies <= 2, f"per iteration: {syncs} syncs, {copies} copies\n{report}"
 
 
@@ -180,15 +173,7 @@ def test_a_token_labeling_iteration_waits_at_most_twice_and_copies_its_batch_and
                 max_test=4, eval_batch_size=4, device="cuda", progress=False,
                 **(dict(distill=str(labels)) if mode == "distill" else dict(mix_token=True, token_labels=str(labels))))
 
-    run("warm-up", 1)
-    counts = {}
-    for iterations in (1, 4):
-        with on_fakecupy.counting() as c:
-            run(f"it{iterations}", iterations)
-        counts[iterations] = c
-    syncs = (counts[4].syncs - counts[1].syncs) / 3
-    copies = (counts[4].copies - counts[1].copies) / 3
-    report = "\n".join(f"{n} iterations: {counts[n].report()}" for n in counts)
+    syncs, copies, report = per_iteration(on_fakecupy, run)
     assert syncs <= 2 and copies <= 3, f"per iteration: {syncs} syncs, {copies} copies\n{report}"
 
 
@@ -207,23 +192,12 @@ def test_a_run_saved_on_one_device_resumes_on_the_other(on_fakecupy, tmp_path, m
     quick = dict(model="volo_nano", epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.5, drop_path=0.1,
                  max_train=32, max_test=16, progress=False)
     full = T.train(out=str(tmp_path), name="full", device=then, **quick)
-    real = T.train_one_epoch
-
-    def crash_in_second_epoch(*args, **kwargs):
-        if args[-1] == 1:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(T, "train_one_epoch", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        T.train(out=str(tmp_path), name="cut", device=first, **quick)
-    monkeypatch.setattr(T, "train_one_epoch", real)
+    cut_in_second_epoch(T, monkeypatch, out=str(tmp_path), name="cut", device=first, **quick)
     resumed = T.train(resume=tmp_path / "cut", device=then, progress=False)
     assert next(resumed["model"].parameters()).device == then
     strip = [{k: v for k, v in m.items() if k != "seconds"} for m in full["metrics"]]
     assert [{k: v for k, v in m.items() if k != "seconds"} for m in resumed["metrics"]] == strip
-    a, b = T.load_checkpoint(tmp_path / "full"), T.load_checkpoint(tmp_path / "cut")
-    for k, v in a["model"].items():
-        assert np.array_equal(v, b["model"][k]), k
+    assert_same_weights(T.load_checkpoint(tmp_path / "full"), T.load_checkpoint(tmp_path / "cut"), optimizer=False)
 
 
 @pytest.mark.parametrize("op", [lambda a, b: a + b, lambda a, b: a * b, lambda a, b: a @ b,

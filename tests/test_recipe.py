@@ -16,6 +16,7 @@ from minivolo import train as T
 from minivolo.datasets import (ArrayDataset, Compose, DataLoader, Normalize, RandomCrop, RandomHorizontalFlip,
                                Resize, load_dataset)
 from minivolo.token_labels import dense_targets, save_label_maps
+from runs import assert_same_weights, cut_in_second_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = dict(model="volo_nano", batch_size=32, lr=3e-3, warmup_epochs=0.5, max_train=128, max_test=64,
@@ -267,17 +268,7 @@ def test_mix_token_needs_an_aux_head_and_a_class_token():
 def test_resume_with_mix_token_and_token_labels_is_bit_for_bit(label_file, tmp_path, monkeypatch):
     quick = dict(QUICK, max_train=256, epochs=2, drop_path=0.1, mix_token=True, token_labels=str(label_file))
     full = T.train(out=str(tmp_path), name="full", **quick)
-    real = T.train_one_epoch
-
-    def crash_in_second_epoch(*args, **kwargs):
-        if args[-1] == 1:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(T, "train_one_epoch", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        T.train(out=str(tmp_path), name="cut", **quick)
-    monkeypatch.setattr(T, "train_one_epoch", real)
+    cut_in_second_epoch(T, monkeypatch, out=str(tmp_path), name="cut", **quick)
     # the resumed run checks the label file again: a file replaced in between is refused
     saved = label_file.read_bytes()
     try:
@@ -289,12 +280,7 @@ def test_resume_with_mix_token_and_token_labels_is_bit_for_bit(label_file, tmp_p
     resumed = T.train(resume=tmp_path / "cut", progress=False)
     strip = [{k: v for k, v in m.items() if k != "seconds"} for m in full["metrics"]]
     assert [{k: v for k, v in m.items() if k != "seconds"} for m in resumed["metrics"]] == strip
-    a, b = T.load_checkpoint(tmp_path / "full"), T.load_checkpoint(tmp_path / "cut")
-    for k, v in a["model"].items():
-        assert np.array_equal(v, b["model"][k]), k
-    for i, state in a["optimizer"]["state"].items():
-        for k, v in state.items():
-            assert np.array_equal(v, b["optimizer"]["state"][i][k]), (i, k)
+    assert_same_weights(T.load_checkpoint(tmp_path / "full"), T.load_checkpoint(tmp_path / "cut"))
 
 
 # --- the command line ------------------------------------------------------------------------------------------

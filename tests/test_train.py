@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from minivolo import train as T
+from runs import assert_same_weights, cut_in_second_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
 # A tiny, quick run: volo_nano on 256 bundled training images for 2 epochs.
@@ -48,28 +49,14 @@ def test_run_writes_outputs_and_learns(run):
 
 
 def test_resume_is_bit_for_bit(run, tmp_path, monkeypatch):
-    real = T.train_one_epoch
-
-    def crash_in_second_epoch(*args, **kwargs):
-        if args[-1] == 1:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(T, "train_one_epoch", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        T.train(out=str(tmp_path), name="cut", **QUICK)
+    cut_in_second_epoch(T, monkeypatch, out=str(tmp_path), name="cut", **QUICK)
     assert T.load_checkpoint(tmp_path / "cut")["epoch"] == 1
-    monkeypatch.setattr(T, "train_one_epoch", real)
 
     resumed = T.train(resume=tmp_path / "cut", progress=False)
     assert resumed["run_dir"] == tmp_path / "cut"
     assert _metrics_without_time(resumed["metrics"]) == _metrics_without_time(run["metrics"])
     a, b = T.load_checkpoint(run["run_dir"]), T.load_checkpoint(tmp_path / "cut")
-    for k, v in a["model"].items():
-        assert np.array_equal(v, b["model"][k]), k
-    for i, state in a["optimizer"]["state"].items():
-        for k, v in state.items():
-            assert np.array_equal(v, b["optimizer"]["state"][i][k]), (i, k)
+    assert_same_weights(a, b)
     assert a["scheduler"] == b["scheduler"]
     with open(tmp_path / "cut" / "metrics.csv") as f:
         assert len(list(csv.DictReader(f))) == 2
