@@ -10,7 +10,7 @@ from minivolo.tensor import Tensor
 
 def _conv2d(impl, x, w, b, g, monkeypatch, **kwargs):
     monkeypatch.setattr(conv, "CONV2D_IMPL", impl)
-    xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x, w, b))
+    xt, wt, bt = (Tensor(a, requires_grad=True, device="cpu") for a in (x, w, b))
     out = conv.conv2d(xt, wt, bt, **kwargs)
     out.backward(g)
     return out.numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()
@@ -26,44 +26,78 @@ def _conv2d(impl, x, w, b, g, monkeypatch, **kwargs):
     (2, 6, 7, 7, 6, 5, dict(padding=2, groups=6)),                   # depthwise
     (2, 4, 6, 5, 3, 1, dict()),                                      # 1x1
     (1, 5, 4, 4, 2, 4, dict()),                                      # the kernel covers the whole image
-    (2, 8, 9, 11, 6, 3, dict(padding=1, stride=2)),                  # stride 2: taps falls back to im2col
+    (2, 4, 7, 7, 3, 3, dict(padding=3)),                             # padding beyond the kernel's reach
+    (2, 8, 9, 11, 6, 3, dict(padding=1, stride=2)),                  # stride 2: dx by col2im per block
+    (3, 4, 13, 12, 5, 3, dict(padding=2, stride=(2, 3), dilation=2)),
+    (2, 6, 8, 8, 4, 2, dict(stride=2, groups=2)),                    # disjoint windows (a patch projection)
 ])
-def test_conv2d_taps_matches_im2col(B, C, H, W, O, k, kwargs, monkeypatch):
+@pytest.mark.parametrize("chunk", [1, 50, 700, 1 << 18])              # one row per block ... whole batch
+def test_conv2d_chunked_matches_im2col(B, C, H, W, O, k, kwargs, chunk, monkeypatch):
+    """The chunked kernel, whatever the blocks (bands of rows, several images, all of them), gives the
+    reference's output and gradients."""
     rng = np.random.default_rng(0)
     kh, kw = (k, k) if isinstance(k, int) else k
     x = rng.standard_normal((B, C, H, W))
     w = rng.standard_normal((O, C // kwargs.get("groups", 1), kh, kw))
     b = rng.standard_normal(O)
-    shape = conv.conv2d(Tensor(x), Tensor(w), **kwargs).shape
+    shape = conv.conv2d(Tensor(x, device="cpu"), Tensor(w, device="cpu"), **kwargs).shape
     g = rng.standard_normal(shape)
     reference = _conv2d("im2col", x, w, b, g, monkeypatch, **kwargs)
-    fast = _conv2d("taps", x, w, b, g, monkeypatch, **kwargs)
+    monkeypatch.setattr(conv, "CONV_CHUNK", chunk)
+    monkeypatch.setattr(conv, "_chunks_pay", lambda x, window: True)
+    fast = _conv2d("auto", x, w, b, g, monkeypatch, **kwargs)
     for name, r, f in zip(("out", "dx", "dW", "db"), reference, fast):
         assert f.shape == r.shape and f.dtype == r.dtype == np.float64, name
         np.testing.assert_allclose(f, r, rtol=0, atol=1e-12, err_msg=name)
 
 
-def test_conv2d_auto_picks_taps_for_the_stem_shape(monkeypatch):
-    """auto runs the taps kernel for a wide stride-1 conv on a large map, and the result is the reference's."""
+def test_conv2d_chunked_skips_unneeded_gradients(monkeypatch):
+    """Only the gradients asked for are computed (x without requires_grad: no dx; W frozen: no dW)."""
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((2, 4, 6, 6)), rng.standard_normal((3, 4, 3, 3))
+    monkeypatch.setattr(conv, "_chunks_pay", lambda x, window: True)
+    for need_x, need_w in ((True, False), (False, True)):
+        xt, wt = Tensor(x, requires_grad=need_x, device="cpu"), Tensor(w, requires_grad=need_w, device="cpu")
+        conv.conv2d(xt, wt, padding=1).sum().backward()
+        assert (xt.grad is not None, wt.grad is not None) == (need_x, need_w)
+        monkeypatch.setattr(conv, "CONV2D_IMPL", "im2col")
+        xr, wr = Tensor(x, requires_grad=need_x, device="cpu"), Tensor(w, requires_grad=need_w, device="cpu")
+        conv.conv2d(xr, wr, padding=1).sum().backward()
+        monkeypatch.setattr(conv, "CONV2D_IMPL", "auto")
+        got, want = (xt.grad, xr.grad) if need_x else (wt.grad, wr.grad)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape, weight, kwargs, chunked", [
+    ((2, 32, 48, 48), (8, 32, 3, 3), dict(padding=1), True),          # the stem's 3x3 conv: overlapping windows
+    ((4, 3, 96, 96), (8, 3, 7, 7), dict(padding=3, stride=2), True),  # the stem's first conv
+    ((2, 32, 48, 48), (16, 32, 4, 4), dict(stride=4), False),         # patch projection: disjoint windows
+    ((2, 8, 6, 6), (8, 8, 3, 3), dict(padding=1), False),             # small: one block would hold it all
+])
+def test_conv2d_auto_picks_chunked_where_it_pays(shape, weight, kwargs, chunked, monkeypatch):
+    """auto runs the chunked kernel for large convolutions with overlapping windows and the reference
+    otherwise, with the reference's result either way."""
     rng = np.random.default_rng(1)
-    x, w = rng.standard_normal((1, 32, 34, 34)), rng.standard_normal((8, 32, 3, 3))
+    x, w = rng.standard_normal(shape), rng.standard_normal(weight)
     calls = []
-    taps = conv._conv2d_taps
-    monkeypatch.setattr(conv, "_conv2d_taps", lambda *a: calls.append(1) or taps(*a))
-    out = conv.conv2d(Tensor(x), Tensor(w), padding=1)
+    kernel = conv._conv2d_chunked
+    monkeypatch.setattr(conv, "_conv2d_chunked", lambda *a: calls.append(1) or kernel(*a))
+    x, w = Tensor(x, device="cpu"), Tensor(w, device="cpu")
+    out = conv.conv2d(x, w, **kwargs)
     monkeypatch.setattr(conv, "CONV2D_IMPL", "im2col")
-    np.testing.assert_allclose(out.numpy(), conv.conv2d(Tensor(x), Tensor(w), padding=1).numpy(), rtol=0, atol=1e-12)
-    assert calls == [1]
+    np.testing.assert_allclose(out.numpy(), conv.conv2d(x, w, **kwargs).numpy(), rtol=0, atol=1e-12)
+    assert calls == ([1] if chunked else [])
 
 
-def test_conv2d_taps_float32_stays_float32(monkeypatch):
+def test_conv2d_chunked_float32_stays_float32(monkeypatch):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)
     w = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
     b = rng.standard_normal(4).astype(np.float32)
     g = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
-    fast = _conv2d("taps", x, w, b, g, monkeypatch, padding=1)
     reference = _conv2d("im2col", x, w, b, g, monkeypatch, padding=1)
+    monkeypatch.setattr(conv, "_chunks_pay", lambda x, window: True)
+    fast = _conv2d("auto", x, w, b, g, monkeypatch, padding=1)
     for f, r in zip(fast, reference):
         assert f.dtype == np.float32
         np.testing.assert_allclose(f, r, rtol=1e-5, atol=1e-5)
@@ -169,6 +203,17 @@ def test_on_the_gpu_the_ops_keep_their_whole_array_kernels(op, fast, on_fakecupy
     assert out.device == "cuda" and out.dtype == np.float32 and t.grad.device == "cuda"
     monkeypatch.undo()
     np.testing.assert_allclose(out.numpy(), fn(Tensor(x, device="cpu")).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_on_the_gpu_conv2d_keeps_the_im2col_kernel(on_fakecupy, monkeypatch):
+    """On CuPy (fakecupy) conv2d runs the whole-array reference, never the host's block loop."""
+    monkeypatch.setattr(conv, "_conv2d_chunked", lambda *a: pytest.fail("a device array took the host block loop"))
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((4, 32, 48, 48)).astype(np.float32), rng.standard_normal((8, 32, 3, 3)).astype(np.float32)
+    xt, wt = Tensor(x, requires_grad=True, device="cuda"), Tensor(w, requires_grad=True, device="cuda")
+    out = conv.conv2d(xt, wt, padding=1)
+    out.sum().backward()
+    assert out.device == "cuda" and xt.grad.device == "cuda" and wt.grad.device == "cuda"
 
 
 # --- layer_norm by blocks of rows against _normalize over whole arrays ------------------------------
