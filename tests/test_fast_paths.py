@@ -190,13 +190,14 @@ def test_gelu_float64_keeps_the_reference(monkeypatch):
 
 
 @pytest.mark.parametrize("op, fast", [("gelu", "_gelu_float32"), ("layer_norm", "_layer_norm_rows"),
-                                      ("softmax", "_softmax_rows")])
+                                      ("softmax", "_softmax_rows"), ("batch_norm", "_batch_norm_rows")])
 def test_on_the_gpu_the_ops_keep_their_whole_array_kernels(op, fast, on_fakecupy, monkeypatch):
-    """On CuPy (fakecupy) float32 gelu, layer_norm and softmax run the whole-array references, never the
-    host's chunk loops, and give their numbers."""
+    """On CuPy (fakecupy) float32 gelu, layer_norm, softmax and batch_norm run the whole-array references,
+    never the host's chunk loops, and give their numbers."""
     monkeypatch.setattr(nn, fast, lambda *a: pytest.fail("a device array took the host chunk loop"))
     x = np.linspace(-6, 6, 120).astype(np.float32).reshape(10, 12)
-    fn = {"gelu": nn.gelu, "layer_norm": lambda t: nn.layer_norm(t, 12), "softmax": lambda t: nn.softmax(t, -1)}[op]
+    fn = {"gelu": nn.gelu, "layer_norm": lambda t: nn.layer_norm(t, 12), "softmax": lambda t: nn.softmax(t, -1),
+          "batch_norm": lambda t: nn.batch_norm(t, None, None, training=True)}[op]
     t = Tensor(x, requires_grad=True, device="cuda")
     out = fn(t)
     out.sum().backward()
@@ -269,6 +270,57 @@ def test_layer_norm_rows_skip_unneeded_gradients(grads, monkeypatch):
             np.testing.assert_allclose(f, r, rtol=0, atol=1e-12)
 
 
+# --- batch_norm (batch statistics) by blocks of rows against _normalize over whole arrays ------------
+def _batch_norm(impl, x, w, b, g, monkeypatch, grads=(True, True, True)):
+    monkeypatch.setattr(nn, "BATCH_NORM_IMPL", impl)
+    ts = [None if a is None else Tensor(a, requires_grad=r, device="cpu") for a, r in zip((x, w, b), grads)]
+    running = [np.zeros(x.shape[1], x.dtype), np.ones(x.shape[1], x.dtype)]
+    out = nn.batch_norm(ts[0], *running, ts[1], ts[2], training=True)
+    out.backward(g)
+    return [out.numpy()] + [None if t is None or t.grad is None else t.grad.numpy() for t in ts] + running
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape, affine", [
+    ((4, 6, 9, 11), (True, True)),              # NCHW, rows of 99 (CHUNK is small: a few rows per block)
+    ((3, 5, 40, 30), (True, False)),            # rows longer than CHUNK: one row per block
+    ((8, 7, 13), (False, False)),               # (N, C, L)
+    ((16, 5), (False, True)),                   # (N, C): rows of one value
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_norm_rows_match_reference(dtype, shape, affine, threads, monkeypatch):
+    """Output, gradients and the updated running statistics equal the reference's."""
+    monkeypatch.setattr(nn, "CHUNK", 512)
+    monkeypatch.setattr(nn, "_SPLIT_MIN", 1)
+    monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
+    rng = np.random.default_rng(10)
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    w, b = ((rng.standard_normal(shape[1]).astype(dtype) if on else None) for on in affine)
+    g = rng.standard_normal(shape).astype(dtype)
+    fast = _batch_norm("auto", x, w, b, g, monkeypatch)
+    reference = _batch_norm("reference", *[None if a is None else a.astype(np.float64) for a in (x, w, b, g)],
+                            monkeypatch)
+    tol = dict(rtol=0, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=5e-5)
+    for name, f, r in zip(("out", "dx", "dw", "db", "running_mean", "running_var"), fast, reference):
+        assert (f is None) == (r is None), name
+        if r is not None:
+            assert f.dtype == dtype and f.shape == r.shape, name
+            np.testing.assert_allclose(f, r, err_msg=name, **tol)
+
+
+@pytest.mark.parametrize("grads", [(False, True, True), (True, False, True), (True, True, False)])
+def test_batch_norm_rows_skip_unneeded_gradients(grads, monkeypatch):
+    rng = np.random.default_rng(11)
+    x, w, b, g = rng.standard_normal((4, 3, 5)), rng.standard_normal(3), rng.standard_normal(3), \
+        rng.standard_normal((4, 3, 5))
+    fast = _batch_norm("auto", x, w, b, g, monkeypatch, grads)
+    reference = _batch_norm("reference", x, w, b, g, monkeypatch, grads)
+    for f, r, need in zip(fast[1:4], reference[1:4], grads):
+        assert (f is not None) == need == (r is not None)
+        if need:
+            np.testing.assert_allclose(f, r, rtol=0, atol=1e-12)
+
+
 # --- softmax by blocks of rows against the whole-array softmax --------------------------------------
 def _softmax(impl, x, g, dim, monkeypatch):
     monkeypatch.setattr(nn, "SOFTMAX_IMPL", impl)
@@ -298,7 +350,7 @@ def test_softmax_rows_match_reference(dtype, shape, dim, threads, monkeypatch):
         np.testing.assert_allclose(f, r, err_msg=name, **tol)
 
 
-@pytest.mark.parametrize("op", ["gelu", "layer_norm", "softmax"])
+@pytest.mark.parametrize("op", ["gelu", "layer_norm", "softmax", "batch_norm"])
 def test_chunked_values_do_not_depend_on_the_thread_count(op, monkeypatch):
     """The blocks are fixed by CHUNK; threads only share them out: 1, 2 and 3 threads give the same bits."""
     monkeypatch.setattr(nn, "CHUNK", 1000)
@@ -311,7 +363,8 @@ def test_chunked_values_do_not_depend_on_the_thread_count(op, monkeypatch):
         monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
         ts = [Tensor(a, requires_grad=True, device="cpu") for a in (x, w, b)]
         out = {"gelu": lambda: nn.gelu(ts[0]), "layer_norm": lambda: nn.layer_norm(ts[0], 40, ts[1], ts[2]),
-               "softmax": lambda: nn.softmax(ts[0], -1)}[op]()
+               "softmax": lambda: nn.softmax(ts[0], -1),
+               "batch_norm": lambda: nn.batch_norm(ts[0].permute(0, 2, 1), None, None, ts[1], ts[2], True).permute(0, 2, 1)}[op]()
         out.backward(g)
         results.append([out.numpy()] + [t.grad.numpy() for t in ts if t.grad is not None])
     for other in results[1:]:
