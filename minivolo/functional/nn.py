@@ -479,11 +479,13 @@ def _layer_norm_rows(input: Tensor, weight, bias, eps: float, c: int) -> Tensor:
     """layer_norm of a NumPy array as (n, c) rows, in blocks of rows that stay in the cache (``_chunked``);
     the same math as ``_normalize``.
 
-    Forward keeps mean and rstd = 1 / sqrt(var + eps) per row (n, 1); the backward normalises x again,
-    xhat = (x - mean) rstd, and with gh = g w:  dx = rstd (gh - mean(gh) - xhat mean(gh xhat)) (means over
-    the row), dw = sum_rows g xhat, db = sum_rows g (per block, then over the blocks' partial sums).
-    NumPy is slow where an operand is broadcast over short rows, so the row sums are matrix-vector
-    products (BLAS), the sums of squares ``_row_dots``, and w and b are tiled to a block's shape once.
+    Forward keeps mean and rstd = 1 / sqrt(var + eps) per row (n, 1). With gh = g w, xc = x - mean and
+    xhat = rstd xc, the backward's dx = rstd (gh - mean(gh) - xhat mean(gh xhat)) (means over the row) is
+    gathered per row as rstd gh - rstd mean(gh) - rstd^3 mean(gh xc) xc, with the row means
+    mean(gh) = g @ w / c and mean(gh xc) = (g xc) @ w / c; dw = sum_rows g xhat = rstd^T (g xc),
+    db = sum_rows g (per block, then over the blocks' partial sums). NumPy is slow where an operand is
+    broadcast over short rows, so the row sums are matrix-vector products (BLAS), the sums of squares
+    ``_row_dots``, and w and b are tiled to a block's shape once.
     """
     x = input.data.reshape(-1, c)
     n, dtype = x.shape[0], x.dtype
@@ -518,31 +520,32 @@ def _layer_norm_rows(input: Tensor, weight, bias, eps: float, c: int) -> Tensor:
         dx = np.empty(x.shape, dtype)
         dw, db = (np.empty((-(-n // rows), c), dtype) if need else None for need in (need_w, need_b))
 
-        def grad(blk, x, g, mean, rstd, dx, xhat, ghx, m):
+        wvec = ones_c if weight is None else weight.data.reshape(c)
+        xc_scale, shift_scale = -rstd ** 3 / c, -rstd / c
+
+        def grad(blk, x, g, mean, rstd, xc_scale, shift_scale, dx, xc, gxc, m, k):
             r = len(x)
-            np.subtract(x, mean, xhat)
-            xhat *= rstd
-            np.multiply(g, xhat, ghx)                          # g xhat
+            np.subtract(x, mean, xc)                           # x - mean
+            np.multiply(g, xc, gxc)                            # g (x - mean)
             if need_w:
-                np.matmul(ones_rows[:r], ghx, dw[blk])
+                np.matmul(rstd[:, 0], gxc, dw[blk])            # sum_rows g xhat
             if need_b:
                 np.matmul(ones_rows[:r], g, db[blk])
             if not input.requires_grad:
                 return
+            np.matmul(gxc, wvec, m[:, 0])                      # c mean(gh (x - mean))
+            np.matmul(g, wvec, k[:, 0])                        # c mean(gh)
+            m *= xc_scale
+            k *= shift_scale
             if w is None:
-                dx[...] = g                                    # gh
+                np.multiply(g, rstd, dx)
             else:
-                ghx *= w[:r]                                   # gh xhat
-                np.multiply(g, w[:r], dx)                      # gh
-            np.matmul(ghx, ones_c, m[:, 0])
-            m /= c
-            xhat *= m                                          # xhat mean(gh xhat)
-            np.matmul(dx, ones_c, m[:, 0])
-            m /= c
-            dx -= m
-            dx -= xhat
-            dx *= rstd
-        _chunked(grad, [x, g, mean, rstd, dx], rows, scratch=[(c,), (c,), (1,)])
+                np.multiply(g, w[:r], dx)
+                dx *= rstd                                     # rstd gh
+            xc *= m
+            dx += xc                                           # - rstd^3 mean(gh (x - mean)) (x - mean)
+            dx += k                                            # - rstd mean(gh)
+        _chunked(grad, [x, g, mean, rstd, xc_scale, shift_scale, dx], rows, scratch=[(c,), (c,), (1,), (1,)])
         grads = [dx.reshape(input.shape) if input.requires_grad else None]
         for p, part in ((weight, dw), (bias, db)):
             if p is not None:
