@@ -487,8 +487,11 @@ def _conv_by_blocks(x, wmat, window: _Window, blocks: list):
     (G, Og), (oh, ow) = wmat.shape[:2], window.out
     out = np.empty((x.shape[0], G * Og) + window.out, x.dtype)
     for (b0, b1, y0, y1), cols in _block_columns(x, window, blocks, G):
-        res = np.matmul(wmat, cols).reshape(G * Og, b1 - b0, y1 - y0, ow)
-        out[b0:b1, :, y0:y1] = res.transpose(1, 0, 2, 3)
+        if b1 - b0 == 1:  # rows of one image: the matmul writes them in place, (G, O/G, n) with stride oh*ow
+            np.matmul(wmat, cols, out=out[b0].reshape(G, Og, oh * ow)[:, :, y0 * ow:y1 * ow])
+        else:
+            res = np.matmul(wmat, cols).reshape(G * Og, b1 - b0, y1 - y0, ow)
+            out[b0:b1, :, y0:y1] = res.transpose(1, 0, 2, 3)
     return out
 
 
