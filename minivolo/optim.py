@@ -194,22 +194,32 @@ class AdamW(Optimizer):
 
         if wd != 0:
             p *= 1 - lr * wd
+        # two scratch buffers, t and u, instead of a temporary per operation (the same operations in the
+        # same order, so the same numbers)
+        t = xp.subtract(g, m)                                # g - m
         weight = 1 - beta1  # torch's lerp: the form depends on which side of 0.5 the weight is
         if abs(weight) < 0.5:
-            m += weight * (g - m)
+            t *= weight
+            m += t
         else:
-            m[...] = g - (g - m) * (1 - weight)
+            t *= 1 - weight
+            xp.subtract(g, t, out=m)
+        xp.multiply(g, 1 - beta2, out=t)
+        t *= g                                               # (1 - beta2) g g
         v *= beta2
-        v += (1 - beta2) * g * g
+        v += t
 
         step_size = lr / (1 - beta1 ** step)
         bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
         if group["amsgrad"]:
             xp.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
             v = state["max_exp_avg_sq"]
-        denom = xp.sqrt(v) / bias_correction2_sqrt
+        denom = xp.sqrt(v, out=t)
+        denom /= bias_correction2_sqrt
         denom += eps
-        p += (-step_size * m) / denom
+        u = xp.multiply(m, -step_size)
+        u /= denom
+        p += u
 
 
 # --- gradients -------------------------------------------------------------------------------------

@@ -181,13 +181,14 @@ def test_a_token_labeling_iteration_waits_at_most_twice_and_copies_its_batch_and
 def test_a_run_saved_on_one_device_resumes_on_the_other(on_fakecupy, tmp_path, monkeypatch, first, then):
     """On the stand-in the numbers are NumPy's on both devices, so the resumed run must equal an
     uninterrupted one bit for bit: the checkpoint carries everything across devices. The host's chunked
-    float32 kernels (gelu, layer_norm, softmax) round differently from the whole-array ones a device runs:
-    the host runs the whole-array references here too."""
+    float32 kernels (gelu, layer_norm, softmax, batch_norm, conv2d) round differently from the whole-array
+    ones a device runs: the host runs the whole-array references here too."""
     from minivolo import train as T
-    from minivolo.functional import nn as ops
+    from minivolo.functional import conv, nn as ops
 
-    for impl in ("GELU_IMPL", "LAYER_NORM_IMPL", "SOFTMAX_IMPL"):
+    for impl in ("GELU_IMPL", "LAYER_NORM_IMPL", "SOFTMAX_IMPL", "BATCH_NORM_IMPL"):
         monkeypatch.setattr(ops, impl, "reference")
+    monkeypatch.setattr(conv, "CONV2D_IMPL", "im2col")
 
     quick = dict(model="volo_nano", epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.5, drop_path=0.1,
                  max_train=32, max_test=16, progress=False)

@@ -10,7 +10,7 @@ from minivolo.tensor import Tensor
 
 def _conv2d(impl, x, w, b, g, monkeypatch, **kwargs):
     monkeypatch.setattr(conv, "CONV2D_IMPL", impl)
-    xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x, w, b))
+    xt, wt, bt = (Tensor(a, requires_grad=True, device="cpu") for a in (x, w, b))
     out = conv.conv2d(xt, wt, bt, **kwargs)
     out.backward(g)
     return out.numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()
@@ -26,44 +26,78 @@ def _conv2d(impl, x, w, b, g, monkeypatch, **kwargs):
     (2, 6, 7, 7, 6, 5, dict(padding=2, groups=6)),                   # depthwise
     (2, 4, 6, 5, 3, 1, dict()),                                      # 1x1
     (1, 5, 4, 4, 2, 4, dict()),                                      # the kernel covers the whole image
-    (2, 8, 9, 11, 6, 3, dict(padding=1, stride=2)),                  # stride 2: taps falls back to im2col
+    (2, 4, 7, 7, 3, 3, dict(padding=3)),                             # padding beyond the kernel's reach
+    (2, 8, 9, 11, 6, 3, dict(padding=1, stride=2)),                  # stride 2: dx by col2im per block
+    (3, 4, 13, 12, 5, 3, dict(padding=2, stride=(2, 3), dilation=2)),
+    (2, 6, 8, 8, 4, 2, dict(stride=2, groups=2)),                    # disjoint windows (a patch projection)
 ])
-def test_conv2d_taps_matches_im2col(B, C, H, W, O, k, kwargs, monkeypatch):
+@pytest.mark.parametrize("chunk", [1, 50, 700, 1 << 18])              # one row per block ... whole batch
+def test_conv2d_chunked_matches_im2col(B, C, H, W, O, k, kwargs, chunk, monkeypatch):
+    """The chunked kernel, whatever the blocks (bands of rows, several images, all of them), gives the
+    reference's output and gradients."""
     rng = np.random.default_rng(0)
     kh, kw = (k, k) if isinstance(k, int) else k
     x = rng.standard_normal((B, C, H, W))
     w = rng.standard_normal((O, C // kwargs.get("groups", 1), kh, kw))
     b = rng.standard_normal(O)
-    shape = conv.conv2d(Tensor(x), Tensor(w), **kwargs).shape
+    shape = conv.conv2d(Tensor(x, device="cpu"), Tensor(w, device="cpu"), **kwargs).shape
     g = rng.standard_normal(shape)
     reference = _conv2d("im2col", x, w, b, g, monkeypatch, **kwargs)
-    fast = _conv2d("taps", x, w, b, g, monkeypatch, **kwargs)
+    monkeypatch.setattr(conv, "CONV_CHUNK", chunk)
+    monkeypatch.setattr(conv, "_chunks_pay", lambda x, window: True)
+    fast = _conv2d("auto", x, w, b, g, monkeypatch, **kwargs)
     for name, r, f in zip(("out", "dx", "dW", "db"), reference, fast):
         assert f.shape == r.shape and f.dtype == r.dtype == np.float64, name
         np.testing.assert_allclose(f, r, rtol=0, atol=1e-12, err_msg=name)
 
 
-def test_conv2d_auto_picks_taps_for_the_stem_shape(monkeypatch):
-    """auto runs the taps kernel for a wide stride-1 conv on a large map, and the result is the reference's."""
+def test_conv2d_chunked_skips_unneeded_gradients(monkeypatch):
+    """Only the gradients asked for are computed (x without requires_grad: no dx; W frozen: no dW)."""
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((2, 4, 6, 6)), rng.standard_normal((3, 4, 3, 3))
+    monkeypatch.setattr(conv, "_chunks_pay", lambda x, window: True)
+    for need_x, need_w in ((True, False), (False, True)):
+        xt, wt = Tensor(x, requires_grad=need_x, device="cpu"), Tensor(w, requires_grad=need_w, device="cpu")
+        conv.conv2d(xt, wt, padding=1).sum().backward()
+        assert (xt.grad is not None, wt.grad is not None) == (need_x, need_w)
+        monkeypatch.setattr(conv, "CONV2D_IMPL", "im2col")
+        xr, wr = Tensor(x, requires_grad=need_x, device="cpu"), Tensor(w, requires_grad=need_w, device="cpu")
+        conv.conv2d(xr, wr, padding=1).sum().backward()
+        monkeypatch.setattr(conv, "CONV2D_IMPL", "auto")
+        got, want = (xt.grad, xr.grad) if need_x else (wt.grad, wr.grad)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape, weight, kwargs, chunked", [
+    ((2, 32, 48, 48), (8, 32, 3, 3), dict(padding=1), True),          # the stem's 3x3 conv: overlapping windows
+    ((4, 3, 96, 96), (8, 3, 7, 7), dict(padding=3, stride=2), True),  # the stem's first conv
+    ((2, 32, 48, 48), (16, 32, 4, 4), dict(stride=4), False),         # patch projection: disjoint windows
+    ((2, 8, 6, 6), (8, 8, 3, 3), dict(padding=1), False),             # small: one block would hold it all
+])
+def test_conv2d_auto_picks_chunked_where_it_pays(shape, weight, kwargs, chunked, monkeypatch):
+    """auto runs the chunked kernel for large convolutions with overlapping windows and the reference
+    otherwise, with the reference's result either way."""
     rng = np.random.default_rng(1)
-    x, w = rng.standard_normal((1, 32, 34, 34)), rng.standard_normal((8, 32, 3, 3))
+    x, w = rng.standard_normal(shape), rng.standard_normal(weight)
     calls = []
-    taps = conv._conv2d_taps
-    monkeypatch.setattr(conv, "_conv2d_taps", lambda *a: calls.append(1) or taps(*a))
-    out = conv.conv2d(Tensor(x), Tensor(w), padding=1)
+    kernel = conv._conv2d_chunked
+    monkeypatch.setattr(conv, "_conv2d_chunked", lambda *a: calls.append(1) or kernel(*a))
+    x, w = Tensor(x, device="cpu"), Tensor(w, device="cpu")
+    out = conv.conv2d(x, w, **kwargs)
     monkeypatch.setattr(conv, "CONV2D_IMPL", "im2col")
-    np.testing.assert_allclose(out.numpy(), conv.conv2d(Tensor(x), Tensor(w), padding=1).numpy(), rtol=0, atol=1e-12)
-    assert calls == [1]
+    np.testing.assert_allclose(out.numpy(), conv.conv2d(x, w, **kwargs).numpy(), rtol=0, atol=1e-12)
+    assert calls == ([1] if chunked else [])
 
 
-def test_conv2d_taps_float32_stays_float32(monkeypatch):
+def test_conv2d_chunked_float32_stays_float32(monkeypatch):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)
     w = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
     b = rng.standard_normal(4).astype(np.float32)
     g = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
-    fast = _conv2d("taps", x, w, b, g, monkeypatch, padding=1)
     reference = _conv2d("im2col", x, w, b, g, monkeypatch, padding=1)
+    monkeypatch.setattr(conv, "_chunks_pay", lambda x, window: True)
+    fast = _conv2d("auto", x, w, b, g, monkeypatch, padding=1)
     for f, r in zip(fast, reference):
         assert f.dtype == np.float32
         np.testing.assert_allclose(f, r, rtol=1e-5, atol=1e-5)
@@ -156,19 +190,31 @@ def test_gelu_float64_keeps_the_reference(monkeypatch):
 
 
 @pytest.mark.parametrize("op, fast", [("gelu", "_gelu_float32"), ("layer_norm", "_layer_norm_rows"),
-                                      ("softmax", "_softmax_rows")])
+                                      ("softmax", "_softmax_rows"), ("batch_norm", "_batch_norm_rows")])
 def test_on_the_gpu_the_ops_keep_their_whole_array_kernels(op, fast, on_fakecupy, monkeypatch):
-    """On CuPy (fakecupy) float32 gelu, layer_norm and softmax run the whole-array references, never the
-    host's chunk loops, and give their numbers."""
+    """On CuPy (fakecupy) float32 gelu, layer_norm, softmax and batch_norm run the whole-array references,
+    never the host's chunk loops, and give their numbers."""
     monkeypatch.setattr(nn, fast, lambda *a: pytest.fail("a device array took the host chunk loop"))
     x = np.linspace(-6, 6, 120).astype(np.float32).reshape(10, 12)
-    fn = {"gelu": nn.gelu, "layer_norm": lambda t: nn.layer_norm(t, 12), "softmax": lambda t: nn.softmax(t, -1)}[op]
+    fn = {"gelu": nn.gelu, "layer_norm": lambda t: nn.layer_norm(t, 12), "softmax": lambda t: nn.softmax(t, -1),
+          "batch_norm": lambda t: nn.batch_norm(t, None, None, training=True)}[op]
     t = Tensor(x, requires_grad=True, device="cuda")
     out = fn(t)
     out.sum().backward()
     assert out.device == "cuda" and out.dtype == np.float32 and t.grad.device == "cuda"
     monkeypatch.undo()
     np.testing.assert_allclose(out.numpy(), fn(Tensor(x, device="cpu")).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_on_the_gpu_conv2d_keeps_the_im2col_kernel(on_fakecupy, monkeypatch):
+    """On CuPy (fakecupy) conv2d runs the whole-array reference, never the host's block loop."""
+    monkeypatch.setattr(conv, "_conv2d_chunked", lambda *a: pytest.fail("a device array took the host block loop"))
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((4, 32, 48, 48)).astype(np.float32), rng.standard_normal((8, 32, 3, 3)).astype(np.float32)
+    xt, wt = Tensor(x, requires_grad=True, device="cuda"), Tensor(w, requires_grad=True, device="cuda")
+    out = conv.conv2d(xt, wt, padding=1)
+    out.sum().backward()
+    assert out.device == "cuda" and xt.grad.device == "cuda" and wt.grad.device == "cuda"
 
 
 # --- layer_norm by blocks of rows against _normalize over whole arrays ------------------------------
@@ -224,6 +270,57 @@ def test_layer_norm_rows_skip_unneeded_gradients(grads, monkeypatch):
             np.testing.assert_allclose(f, r, rtol=0, atol=1e-12)
 
 
+# --- batch_norm (batch statistics) by blocks of rows against _normalize over whole arrays ------------
+def _batch_norm(impl, x, w, b, g, monkeypatch, grads=(True, True, True)):
+    monkeypatch.setattr(nn, "BATCH_NORM_IMPL", impl)
+    ts = [None if a is None else Tensor(a, requires_grad=r, device="cpu") for a, r in zip((x, w, b), grads)]
+    running = [np.zeros(x.shape[1], x.dtype), np.ones(x.shape[1], x.dtype)]
+    out = nn.batch_norm(ts[0], *running, ts[1], ts[2], training=True)
+    out.backward(g)
+    return [out.numpy()] + [None if t is None or t.grad is None else t.grad.numpy() for t in ts] + running
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape, affine", [
+    ((4, 6, 9, 11), (True, True)),              # NCHW, rows of 99 (CHUNK is small: a few rows per block)
+    ((3, 5, 40, 30), (True, False)),            # rows longer than CHUNK: one row per block
+    ((8, 7, 13), (False, False)),               # (N, C, L)
+    ((16, 5), (False, True)),                   # (N, C): rows of one value
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_norm_rows_match_reference(dtype, shape, affine, threads, monkeypatch):
+    """Output, gradients and the updated running statistics equal the reference's."""
+    monkeypatch.setattr(nn, "CHUNK", 512)
+    monkeypatch.setattr(nn, "_SPLIT_MIN", 1)
+    monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
+    rng = np.random.default_rng(10)
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    w, b = ((rng.standard_normal(shape[1]).astype(dtype) if on else None) for on in affine)
+    g = rng.standard_normal(shape).astype(dtype)
+    fast = _batch_norm("auto", x, w, b, g, monkeypatch)
+    reference = _batch_norm("reference", *[None if a is None else a.astype(np.float64) for a in (x, w, b, g)],
+                            monkeypatch)
+    tol = dict(rtol=0, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=5e-5)
+    for name, f, r in zip(("out", "dx", "dw", "db", "running_mean", "running_var"), fast, reference):
+        assert (f is None) == (r is None), name
+        if r is not None:
+            assert f.dtype == dtype and f.shape == r.shape, name
+            np.testing.assert_allclose(f, r, err_msg=name, **tol)
+
+
+@pytest.mark.parametrize("grads", [(False, True, True), (True, False, True), (True, True, False)])
+def test_batch_norm_rows_skip_unneeded_gradients(grads, monkeypatch):
+    rng = np.random.default_rng(11)
+    x, w, b, g = rng.standard_normal((4, 3, 5)), rng.standard_normal(3), rng.standard_normal(3), \
+        rng.standard_normal((4, 3, 5))
+    fast = _batch_norm("auto", x, w, b, g, monkeypatch, grads)
+    reference = _batch_norm("reference", x, w, b, g, monkeypatch, grads)
+    for f, r, need in zip(fast[1:4], reference[1:4], grads):
+        assert (f is not None) == need == (r is not None)
+        if need:
+            np.testing.assert_allclose(f, r, rtol=0, atol=1e-12)
+
+
 # --- softmax by blocks of rows against the whole-array softmax --------------------------------------
 def _softmax(impl, x, g, dim, monkeypatch):
     monkeypatch.setattr(nn, "SOFTMAX_IMPL", impl)
@@ -253,7 +350,7 @@ def test_softmax_rows_match_reference(dtype, shape, dim, threads, monkeypatch):
         np.testing.assert_allclose(f, r, err_msg=name, **tol)
 
 
-@pytest.mark.parametrize("op", ["gelu", "layer_norm", "softmax"])
+@pytest.mark.parametrize("op", ["gelu", "layer_norm", "softmax", "batch_norm"])
 def test_chunked_values_do_not_depend_on_the_thread_count(op, monkeypatch):
     """The blocks are fixed by CHUNK; threads only share them out: 1, 2 and 3 threads give the same bits."""
     monkeypatch.setattr(nn, "CHUNK", 1000)
@@ -266,7 +363,8 @@ def test_chunked_values_do_not_depend_on_the_thread_count(op, monkeypatch):
         monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", threads)
         ts = [Tensor(a, requires_grad=True, device="cpu") for a in (x, w, b)]
         out = {"gelu": lambda: nn.gelu(ts[0]), "layer_norm": lambda: nn.layer_norm(ts[0], 40, ts[1], ts[2]),
-               "softmax": lambda: nn.softmax(ts[0], -1)}[op]()
+               "softmax": lambda: nn.softmax(ts[0], -1),
+               "batch_norm": lambda: nn.batch_norm(ts[0].permute(0, 2, 1), None, None, ts[1], ts[2], True).permute(0, 2, 1)}[op]()
         out.backward(g)
         results.append([out.numpy()] + [t.grad.numpy() for t in ts if t.grad is not None])
     for other in results[1:]:

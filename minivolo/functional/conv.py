@@ -8,8 +8,8 @@ Everything here is built on two array kernels that are each other's adjoint:
 ``_im2col`` is one copy of a strided view of the padded image; ``_col2im`` is a loop over the kh*kw kernel
 offsets (``_offsets``), each adding one strided slice of the padded buffer (k^2 slice-adds, never a loop over
 pixels). Since <im2col(x), y> = <x, col2im(y)>, unfold's backward is fold and fold's backward is unfold;
-conv2d is im2col followed by one batched matmul (for stride 1 a faster kernel skips the columns: one
-matmul per kernel offset over shifted views, ``_conv2d_taps``); the pools reduce over the same windows;
+conv2d is im2col followed by one batched matmul (on the CPU block by block of output positions, so that
+the columns stay in the cache: ``_conv2d_chunked``); the pools reduce over the same windows;
 outlook attention's fused op (functional/outlook.py) runs the same two kernels on channels-last maps.
 As in torch, unfold, fold, conv2d and the pools also take one unbatched sample ((C, H, W), or
 (C*kh*kw, L) for fold), and a batch may be empty (B = 0: empty outputs and gradients) while no other dim may.
@@ -312,8 +312,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         out[b, o, y, x] = bias[o] + sum over c in o's group, i, j of
                           weight[o, c, i, j] * xpad[b, c, y*sh + i*dh, x*sw + j*dw]
     Two kernels compute it (``CONV2D_IMPL``): the reference ``_conv2d_im2col`` (im2col, then one batched
-    matmul) and, for stride 1, ``_conv2d_taps`` (one matmul per kernel offset over shifted views of the
-    padded input: no k^2-fold columns). Backward: dW and dx from the same kernel, dbias = sum over b, y, x of g.
+    matmul) and, on the CPU, ``_conv2d_chunked`` (the same, by blocks of output positions whose columns
+    stay in the cache). Backward: dW and dx from the same kernel, dbias = sum over b, y, x of g.
     """
     x, weight = _as_tensor(input), _as_tensor(weight)
     if weight.ndim != 4:
@@ -339,10 +339,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     window = _window("conv2d", x.shape[2:], (kh, kw), dilation_, stride_,
                 _conv_padding(padding, (kh, kw), dilation_, stride_))
     parents = (x, weight) if bias is None else (x, weight, bias)
-    L = window.out[0] * window.out[1]
-    use_taps = stride_ == (1, 1) and B > 0 and (CONV2D_IMPL == "taps" or (CONV2D_IMPL == "auto" and Cg >= 32 and
-                                                 window.extent[0] * window.extent[1] <= 1.15 * L))
-    conv = _conv2d_taps if use_taps else _conv2d_im2col
+    conv = _conv2d_chunked if CONV2D_IMPL == "auto" and _chunks_pay(x, window) else _conv2d_im2col
     out, grads = conv(x.data, weight.data, window, groups, x.requires_grad, weight.requires_grad)
     if bias is not None:
         out += bias.data[:, None, None]
@@ -354,12 +351,20 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     return Tensor.from_op(out, parents, backward, "conv2d")
 
 
-# Which kernel conv2d runs: "im2col" (the readable reference, always valid), "taps" (the k^2-loop of
-# accumulating matmuls; stride 1 only, im2col otherwise) or "auto": taps for stride-1 convolutions with at
-# least 32 input channels per group and a padded grid at most 15% larger than the output (VOLO's 3x3 stem
-# convs at 112x112: ~0.85x the time, no 9x columns); im2col otherwise, where the per-tap matmuls would be
-# too thin (few channels: the 3-channel stem) or too much of the padded grid is junk (small maps).
+# Which kernel conv2d runs: "im2col" (the readable reference, whole arrays) or "auto": the same math by
+# blocks of output positions (``_conv2d_chunked``) where that pays (``_chunks_pay``), else the reference.
 CONV2D_IMPL = "auto"
+
+
+def _chunks_pay(x: Tensor, window: _Window) -> bool:
+    """Whether ``_conv2d_chunked`` beats the reference (measured on VOLO's convolutions, 1 thread): on the
+    CPU, when the windows overlap (the columns are then several times the input: D1's 3x3 stem conv about
+    0.65x the reference's time forward + backward, its 7x7 about 0.85x) and the columns are large (more
+    than 4 blocks). Disjoint windows (the patch projections, stride = kernel) make columns that are only a
+    permutation of the input: the reference is as fast or faster there."""
+    (B, C), (kh, kw), (oh, ow) = x.shape[:2], window.kernel, window.out
+    overlap = any(s < d * (k - 1) + 1 for k, d, s in zip(window.kernel, window.dilation, window.stride))
+    return x.xp is np and B > 0 and overlap and C * kh * kw * B * oh * ow > 4 * CONV_CHUNK
 
 
 def _conv2d_im2col(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool):
@@ -393,82 +398,102 @@ def _conv2d_im2col(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool):
     return out, grads
 
 
-def _flat_padded(shape: tuple, window: _Window, dtype, xp):
-    """A zero buffer for the padded images channel-major, (C, B, H', W'), flattened, plus the elements that
-    the last tap view (``_tap_views``) reaches past the end; returns (flat, its (C, B, H', W') view)."""
-    (B, C), (Hp, Wp), (kh, kw), (dh, dw) = shape[:2], window.extent, window.kernel, window.dilation
-    flat = xp.zeros(C * B * Hp * Wp + (kh - 1) * dh * Wp + (kw - 1) * dw, dtype)
-    return flat, flat[:C * B * Hp * Wp].reshape(C, B, Hp, Wp)
+def _blocks(B: int, out: tuple, K: int):
+    """The blocks of output positions ``_conv2d_chunked`` works on, as (b0, b1, y0, y1): images b0..b1-1,
+    output rows y0..y1-1. Whole images while one image's columns (K*oh*ow) fit CONV_CHUNK elements,
+    else bands of rows of one image; either way one block's columns hold about CONV_CHUNK elements."""
+    (oh, ow), per_row = out, K * out[1]
+    if per_row * oh <= CONV_CHUNK:
+        n = max(1, CONV_CHUNK // (per_row * oh))
+        return [(b0, min(B, b0 + n), 0, oh) for b0 in range(0, B, n)]
+    r = max(1, CONV_CHUNK // per_row)
+    return [(b, b + 1, y0, min(oh, y0 + r)) for b in range(B) for y0 in range(0, oh, r)]
 
 
-def _tap_views(flat, shape: tuple, window: _Window, G: int):
-    """Per kernel offset (i, j) of a stride-1 window: (i, j, a view (G, C/G, B*H'*W') of ``flat``, no copy).
+# Elements of one block's columns in ``_conv2d_chunked`` (1 MiB of float32): small enough to stay in
+# the cache between the copy that makes them and the matmul that reads them.
+CONV_CHUNK = 1 << 18
 
-    With each channel's padded images (B, H', W') flattened into one row, output position q = (b*H' + y)*W' + x
-    meets xpad[b, y + i*dh, x + j*dw] = row[q + i*dh*W' + j*dw]: each tap is one shifted slice, which matmul
-    reads as it is, the whole batch in one product. Positions with y >= oh or x >= ow wrap into the next
-    row or image: junk, cropped by the caller.
+
+def _conv2d_chunked(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool):
+    """The CPU's conv2d kernel: ``_conv2d_im2col``'s math, block by block of output positions
+    (``_blocks``: a few images, or a band of rows of one image), so that a block's columns are made in
+    a buffer that stays in the cache and are read there by the matmul, instead of the k^2*C*B*L columns
+    going through main memory (for D1's 3x3 stem conv: 231 MB, twice). Per block, with cols (G, K, n)
+    the block's columns (channel-major, as the reference's) and g (G, O/G, n) its output gradient:
+        out[block] = W[g] @ cols
+        dW        += g @ cols^T                    (the columns made again from x)
+        dx: for stride 1 (and padding <= the dilated kernel's reach), the same kernel convolves the
+            gradient, zero-padded, with the flipped kernel, W'[c, o, i, j] = W[o, c, kh-1-i, kw-1-j]
+            (the adjoint of a stride-1 convolution); otherwise dxpad[block's windows] += col2im(W[g]^T @ g).
+    Any stride, dilation, padding and groups; NumPy only (on CuPy one large matmul is the fast way).
     """
-    xp = backend.get_array_module(flat)
-    (B, C), (Hp, Wp), (dh, dw), n = shape[:2], window.extent, window.dilation, flat.itemsize
-    N = B * Hp * Wp
-    view_shape, strides = (G, C // G, N), (C // G * N * n, N * n, n)
-    for i in range(window.kernel[0]):
-        for j in range(window.kernel[1]):
-            yield i, j, xp.lib.stride_tricks.as_strided(flat[i * dh * Wp + j * dw:], view_shape, strides)
-
-
-def _conv2d_taps(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool):
-    """The fast conv2d kernel for stride 1: a loop over the kh*kw kernel offsets, each one matmul (per
-    group) of that tap's weights with a shifted view of the padded input (``_tap_views``), accumulated.
-
-    Same result as ``_conv2d_im2col`` without the k^2*C*B*L columns: the forward uses one padded,
-    channel-major copy of x (made again for dW in the backward) and two output-sized buffers; the
-    backward adds every tap's W^T @ g into one padded buffer. With xpad_ij = xpad shifted by (i*dh, j*dw),
-    as (G, C/G, B*H'*W'):
-        out      = sum_ij W[:, :, i, j] @ xpad_ij
-        dW_ij    = g @ xpad_ij^T
-        dxpad_ij += W[:, :, i, j]^T @ g
-    Outputs are computed over the padded grid (B, H', W') and cropped, so g is zero-padded to it once.
-    """
-    xp = backend.get_array_module(x)
     (B, C, H, W), (O, Cg, kh, kw) = x.shape, w.shape
-    (oh, ow), (Hp, Wp), (top, left), Og = window.out, window.extent, window.before, O // G
-    wtaps = xp.ascontiguousarray(w.reshape(G, Og, Cg, kh, kw).transpose(3, 4, 0, 1, 2))  # (kh, kw, G, O/G, C/G)
-    def padded():                                                    # x, padded and channel-major, flat
-        flat, xpad = _flat_padded(x.shape, window, x.dtype, xp)
-        xpad[:, :, top:top + H, left:left + W] = x.transpose(1, 0, 2, 3)
-        return flat
-    flat = padded()
-    acc = tmp = None
-    for i, j, tap in _tap_views(flat, x.shape, window, G):          # tap (G, C/G, B*H'*W')
-        if acc is None:
-            acc = xp.matmul(wtaps[i, j], tap)                        # (G, O/G, B*H'*W')
-        else:
-            tmp = xp.matmul(wtaps[i, j], tap, out=tmp)
-            acc += tmp
-    out = xp.ascontiguousarray(acc.reshape(O, B, Hp, Wp)[:, :, :oh, :ow].transpose(1, 0, 2, 3))
-    del acc, tmp, flat  # the backward pads x again (one copy) rather than keep a copy of x alive
+    Og, K, (oh, ow) = O // G, Cg * kh * kw, window.out
+    wmat = w.reshape(G, Og, K)
+    blocks = _blocks(B, window.out, C * kh * kw)
+    out = _conv_by_blocks(x, wmat, window, blocks)
+
+    def channel_major(a, block):
+        """The block of a (B, O, oh, ow) array as (G, O/G, n), n = the block's positions (a copy only
+        when it spans several images)."""
+        b0, b1, y0, y1 = block
+        return a[b0:b1, :, y0:y1].transpose(1, 0, 2, 3).reshape(G, Og, -1)
 
     def grads(g):
         gx = gw = None
-        gpad = xp.zeros((O, B, Hp, Wp), g.dtype)                    # junk positions get zero gradient
-        gpad[:, :, :oh, :ow] = g.transpose(1, 0, 2, 3)
-        gflat = gpad.reshape(G, Og, B * Hp * Wp)
         if need_gw:
-            gw = xp.empty((kh, kw, G, Og, Cg), g.dtype)
-            for i, j, tap in _tap_views(padded(), x.shape, window, G):
-                xp.matmul(gflat, tap.swapaxes(-1, -2), out=gw[i, j])
-            gw = gw.transpose(2, 3, 4, 0, 1).reshape(w.shape)
-        if need_gx:
-            dflat, dxpad = _flat_padded(x.shape, window, g.dtype, xp)
-            tmp = None
-            for i, j, tap in _tap_views(dflat, x.shape, window, G):
-                tmp = xp.matmul(wtaps[i, j].swapaxes(-1, -2), gflat, out=tmp)
-                tap += tmp
-            gx = dxpad[:, :, top:top + H, left:left + W].transpose(1, 0, 2, 3)
-        return gx, gw
+            gw, part = np.zeros((G, Og, K), g.dtype), np.empty((G, Og, K), g.dtype)
+            for block, cols in _block_columns(x, window, blocks, G):
+                gw += np.matmul(channel_major(g, block), cols.swapaxes(1, 2), out=part)
+            gw = gw.reshape(w.shape)
+        if not need_gx:
+            return gx, gw
+        (dh, dw), (sh, sw), (top, left) = window.dilation, window.stride, window.before
+        reach = (dh * (kh - 1), dw * (kw - 1))
+        pads = ((reach[0] - top, reach[0] - (window.extent[0] - top - H)),
+                (reach[1] - left, reach[1] - (window.extent[1] - left - W)))
+        if window.stride == (1, 1) and min(min(p) for p in pads) >= 0:
+            flipped = w.reshape(G, Og, Cg, kh, kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+            wt = np.ascontiguousarray(flipped).reshape(G, Cg, Og * kh * kw)       # (G, C/G, O/G*kh*kw)
+            gwindow = _window("conv2d", window.out, window.kernel, window.dilation, (1, 1), pads)
+            return _conv_by_blocks(g, wt, gwindow, _blocks(B, (H, W), O * kh * kw)), gw
+        dxpad = np.zeros((B, C) + window.extent, g.dtype)
+        wt = wmat.swapaxes(1, 2)
+        for b0, b1, y0, y1 in blocks:
+            dcols = np.matmul(wt, channel_major(g, (b0, b1, y0, y1)))           # (G, K, n)
+            dcols = dcols.reshape(C, kh, kw, b1 - b0, y1 - y0, ow).transpose(3, 0, 1, 2, 4, 5)
+            for i in range(kh):
+                rows = slice(y0 * sh + i * dh, (y1 - 1) * sh + i * dh + 1, sh)
+                for j in range(kw):
+                    dxpad[b0:b1, :, rows, j * dw:j * dw + (ow - 1) * sw + 1:sw] += dcols[:, :, i, j]
+        return dxpad[:, :, top:top + H, left:left + W], gw
     return out, grads
+
+
+def _block_columns(x, window: _Window, blocks: list, G: int):
+    """(block, its columns (G, K, n)) for every block of output positions of a conv2d of x (B, C, H, W),
+    channel-major as ``_im2col``'s, made in one reused buffer (so each is valid until the next)."""
+    (C, kh, kw), ow = x.shape[1:2] + window.kernel, window.out[1]
+    windows = _windows(_padded(x, window), window).transpose(1, 2, 3, 0, 4, 5)  # (C, kh, kw, B, oh, ow)
+    buf = np.empty(C * kh * kw * max((b1 - b0) * (y1 - y0) for b0, b1, y0, y1 in blocks) * ow, x.dtype)
+    for b0, b1, y0, y1 in blocks:
+        cols = buf[:C * kh * kw * (b1 - b0) * (y1 - y0) * ow].reshape((C, kh, kw, b1 - b0, y1 - y0, ow))
+        np.copyto(cols, windows[:, :, :, b0:b1, y0:y1])
+        yield (b0, b1, y0, y1), cols.reshape(G, -1, cols[0, 0, 0].size)
+
+
+def _conv_by_blocks(x, wmat, window: _Window, blocks: list):
+    """out (B, O, oh, ow) = the convolution of x (B, C, H, W) with wmat (G, O/G, K), block by block."""
+    (G, Og), (oh, ow) = wmat.shape[:2], window.out
+    out = np.empty((x.shape[0], G * Og) + window.out, x.dtype)
+    for (b0, b1, y0, y1), cols in _block_columns(x, window, blocks, G):
+        if b1 - b0 == 1:  # rows of one image: the matmul writes them in place, (G, O/G, n) with stride oh*ow
+            np.matmul(wmat, cols, out=out[b0].reshape(G, Og, oh * ow)[:, :, y0 * ow:y1 * ow])
+        else:
+            res = np.matmul(wmat, cols).reshape(G * Og, b1 - b0, y1 - y0, ow)
+            out[b0:b1, :, y0:y1] = res.transpose(1, 0, 2, 3)
+    return out
 
 
 # --- pooling ---------------------------------------------------------------------------------------
