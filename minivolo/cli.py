@@ -26,27 +26,33 @@ EXAMPLES = """examples:
 """
 
 
-def _positive(kind):
+_ARTICLE = {int: "an"}  # "expected an int", "expected a float"
+
+
+def _number(kind, bound: str):
+    """An argparse type: ``kind(text)``, which must be > 0 (bound ">") or >= 0 (bound ">=")."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a value > 0, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {_ARTICLE.get(kind, 'a')} {kind.__name__}, "
+                                             f"got {text!r}") from None
+        if not (value > 0 if bound == ">" else value >= 0):
+            raise argparse.ArgumentTypeError(f"expected a value {bound} 0, got {text}")
         return value
     parse.__name__ = kind.__name__
     return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a float, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a value >= 0, got {text}")
-    return value
+def _positive(kind):
+    return _number(kind, ">")
+
+
+def _non_negative(kind):
+    return _number(kind, ">=")
+
+
+_non_negative_float = _non_negative(float)
 
 
 def _fraction(text: str) -> float:
@@ -85,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--clip-grad", type=_positive(float), help="clip the gradient norm to this value (default: off)")
     add("--no-augment", dest="augment", action="store_false", default=None,
         help="no random crop / flip")
+    add("--crop-padding", type=_non_negative(int),
+        help=f"zero padding of the random crop in pixels, 0: flip only (default: {d.crop_padding})")
     add("--seed", type=int, help=f"random seed (default: {d.seed})")
     add("--device", choices=backend.DEVICES, help="device (default: $MINIVOLO_DEVICE, cpu when unset)")
     add("--out", help=f"folder of the run folders (default: {d.out})")

@@ -135,7 +135,7 @@ def _fit(config: TrainConfig, run_dir: Path, ckpt: dict | None) -> dict:
 
     ddp = DistributedDataParallel(model)  # rank 0's weights everywhere; gradient buckets
     train_loader = DataLoader(train_set, config.batch_size, shuffle=True, drop_last=True, seed=config.seed,
-                              transform=_train_transform(data, config.augment), device=config.device,
+                              transform=_train_transform(data, config.augment, config.crop_padding), device=config.device,
                               num_replicas=world, rank=rank, return_params=label_maps is not None)
     test_loader = DataLoader(test_set, config.eval_batch_size, transform=_eval_transform(data),
                              device=config.device, num_replicas=world, rank=rank, pad=False)
@@ -319,7 +319,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     drop_path: float = 0.0
     clip_grad: float | None = None     # max gradient norm; None: no clipping
-    augment: bool = True               # random crop (padding 2) + horizontal flip
+    augment: bool = True               # random crop (padding crop_padding) + horizontal flip
+    crop_padding: int = 2              # the random crop's zero padding in pixels; 0: no crop (flip only)
     seed: int = 0
     device: str | None = None          # None: $MINIVOLO_DEVICE, "cpu" when unset
     out: str = "runs"
@@ -342,13 +343,15 @@ class TrainConfig:
         for key, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{key} must be > 0, got {value}")
-        for key in ("weight_decay", "warmup_epochs", "min_lr", "warmup_lr", "drop_path", "dense_weight"):
+        for key in ("crop_padding", "weight_decay", "warmup_epochs", "min_lr", "warmup_lr", "drop_path", "dense_weight"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError(f"clip_grad must be > 0 (or None for no clipping), got {self.clip_grad}")
+        if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, (int, np.integer)):
+            raise ValueError(f"crop_padding must be an int number of pixels, got {self.crop_padding!r}")
         if self.seed < 0:  # numpy's SeedSequence takes no negative seeds
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         for key in ("max_train", "max_test", "img_size"):
@@ -463,12 +466,14 @@ def _eval_transform(data: dict) -> Compose:
     return Compose([Resize(data["img_size"]), Normalize(data["mean"], data["std"])])
 
 
-def _train_transform(data: dict, augment: bool) -> Compose:
+def _train_transform(data: dict, augment: bool, crop_padding: int = 2) -> Compose:
+    """Training preprocessing: pad/crop to img_size, a random crop of that size from the image zero-padded
+    by ``crop_padding`` pixels (none when 0), a random horizontal flip, normalisation."""
     if not augment:
         return _eval_transform(data)
     size = data["img_size"]
-    return Compose([Resize(size), RandomCrop(size, padding=2), RandomHorizontalFlip(),
-                    Normalize(data["mean"], data["std"])])
+    crop = [RandomCrop(size, padding=crop_padding)] if crop_padding else []
+    return Compose([Resize(size), *crop, RandomHorizontalFlip(), Normalize(data["mean"], data["std"])])
 
 
 # --- model -----------------------------------------------------------------------------------------

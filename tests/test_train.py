@@ -191,6 +191,8 @@ def test_cli_train_evaluate_predict(tmp_path, run):
     (["evaluate", "nowhere/last.npz"], "error: no checkpoint at nowhere/last.npz"),
     (["train", "--dataset", "mnist", "--data-dir", "no-such-folder"], "error: root: no such directory"),
     (["train", "--seed", "-1"], "error: seed must be >= 0, got -1"),
+    (["train", "--crop-padding", "-1"], "expected a value >= 0, got -1"),
+    (["train", "--crop-padding", "1.5"], "expected an int, got '1.5'"),
     (["train", "--model", "volo_nano", "--img-size", "7", "--max-train", "64", "--quiet"],
      "error: img_size 7x7 is too small for patch_size 4"),
     (["train", "--resume", "no-such-run"], "error: no checkpoint at no-such-run"),
@@ -257,3 +259,32 @@ def test_checkpoint_module_is_the_one_reader_and_writer(tmp_path, monkeypatch):
     np.savez(tmp_path / "old.npz", w=np.arange(3.0), meta=np.array(meta))
     ckpt = T.load_checkpoint(tmp_path / "old.npz")
     assert ckpt["epoch"] == 3 and ckpt["w"].tolist() == [0.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("crop_padding", [0, 2, 3])
+def test_crop_padding_shifts_by_at_most_that_many_pixels_and_0_only_flips(crop_padding):
+    """The training transform with crop_padding p: each sample is the evaluation transform's image shifted
+    by (dy, dx) in [-p, p]^2 (zeros shifted in), mirrored or not; p = 0 gives no shift at all."""
+    from minivolo.datasets import load_dataset
+    ds = load_dataset(train=False)
+    data = dict(img_size=32, mean=[0.0], std=[1.0])
+    images = ds.images[:64].astype(np.float32) * np.float32(1 / 255)
+    plain = T._eval_transform(data)(images)
+    out = T._train_transform(data, True, crop_padding)(images, np.random.default_rng(0))
+    p = crop_padding
+    padded = np.pad(plain, ((0, 0), (0, 0), (p, p), (p, p)))
+    shifts, mirrored = set(), set()
+    for b in range(len(images)):
+        found = [(dy, dx, flip) for dy in range(2 * p + 1) for dx in range(2 * p + 1) for flip in (False, True)
+                 if np.array_equal(out[b], (lambda c: c[..., ::-1] if flip else c)(padded[b, :, dy:dy + 32, dx:dx + 32]))]
+        assert found, f"sample {b} is no shifted/mirrored copy of the image"
+        shifts.add(found[0][:2]), mirrored.add(found[0][2])
+    assert mirrored == {False, True}
+    assert (shifts == {(0, 0)}) if p == 0 else len(shifts) > 1
+
+
+@pytest.mark.parametrize("value,message", [(-1, "crop_padding must be >= 0, got -1"),
+                                           (1.5, "crop_padding must be an int number of pixels, got 1.5")])
+def test_bad_crop_padding_is_a_config_error(tmp_path, value, message):
+    with pytest.raises(ValueError, match=message):
+        T.train(out=str(tmp_path), crop_padding=value, progress=False)
