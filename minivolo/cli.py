@@ -195,9 +195,9 @@ def _relabel(args) -> None:
     import shlex
     from .datasets import load_dataset
     from .token_labels import relabel, save_label_maps
-    from .train import TrainConfig, _eval_transform, load_checkpoint, model_from_checkpoint
+    from .train import _eval_transform, load_checkpoint, model_from_checkpoint, saved_config
     ckpt = load_checkpoint(args.checkpoint)
-    config, data = TrainConfig(**ckpt["config"]), ckpt["data"]
+    config, data = saved_config(ckpt), ckpt["data"]
     dataset = args.dataset or config.dataset
     data_dir = args.data_dir if args.data_dir is not None or dataset != config.dataset else config.data_dir
     train_set = load_dataset(dataset, data_dir, train=True)

@@ -288,3 +288,13 @@ def test_crop_padding_shifts_by_at_most_that_many_pixels_and_0_only_flips(crop_p
 def test_bad_crop_padding_is_a_config_error(tmp_path, value, message):
     with pytest.raises(ValueError, match=message):
         T.train(out=str(tmp_path), crop_padding=value, progress=False)
+
+
+def test_a_config_saved_before_crop_padding_existed_keeps_padding_2(run):
+    """Runs saved before the field existed cropped with padding 2: resuming, evaluating or relabelling
+    them must not switch to the new default of 1."""
+    ckpt = T.load_checkpoint(run["run_dir"] / "last.npz")
+    assert T.saved_config(ckpt).crop_padding == ckpt["config"]["crop_padding"] == T.TrainConfig().crop_padding == 1
+    old = dict(ckpt, config={k: v for k, v in ckpt["config"].items() if k != "crop_padding"})
+    assert T.saved_config(old).crop_padding == 2
+    assert T.saved_config(old, device="cpu").device == "cpu"
