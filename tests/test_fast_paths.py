@@ -371,3 +371,19 @@ def test_chunked_values_do_not_depend_on_the_thread_count(op, monkeypatch):
     for other in results[1:]:
         for r, o in zip(results[0], other):
             np.testing.assert_array_equal(o, r)
+
+
+@pytest.mark.parametrize("text, expected", [("2048K", 2 << 20), ("1M", 1 << 20), ("512K\n", 512 << 10),
+                                            ("393216", 393216), ("n/a", 1 << 19)])
+def test_l2_cache_size_is_read_from_sysfs(text, expected, tmp_path):
+    size = tmp_path / "size"
+    size.write_text(text)
+    assert nn._l2_cache_bytes(path=str(size)) == expected
+    assert nn._l2_cache_bytes(path=str(tmp_path / "missing")) == 1 << 19
+
+
+def test_chunk_fills_the_l2_cache_with_four_float32_buffers():
+    l2 = nn._l2_cache_bytes()
+    assert nn.CHUNK & (nn.CHUNK - 1) == 0 and 1 << 14 <= nn.CHUNK <= 1 << 18
+    assert nn.CHUNK == min(1 << 18, max(1 << 14, 1 << (l2 // 16).bit_length() - 1))
+    assert 16 * nn.CHUNK <= l2 or nn.CHUNK == 1 << 14
