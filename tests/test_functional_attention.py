@@ -123,6 +123,21 @@ def test_softmax_reference_turns_the_fused_path_off(monkeypatch):
     assert F.scaled_dot_product_attention(*ts)._op == "matmul"
 
 
+def test_a_replaced_softmax_sees_the_attention_weights(monkeypatch):
+    """With F.softmax replaced (notebook 06 records the attention maps so), attention composes the
+    reference through it: the replacement sees softmax(scale q k^T) and its result is what multiplies v."""
+    arrays, _ = _arrays(SHAPES["L!=S, Ev!=E"], np.float64)
+    q, k, v = (Tensor(a, device="cpu") for a in arrays)
+    seen, softmax = [], F.softmax
+    monkeypatch.setattr(F, "softmax", lambda t, dim=-1: seen.append(t.numpy()) or softmax(t, dim=dim) * 2)
+    out = F.scaled_dot_product_attention(q, k, v, scale=0.5)
+    scores = 0.5 * arrays[0] @ arrays[1].swapaxes(-1, -2)
+    np.testing.assert_allclose(seen[0], scores, rtol=0, atol=1e-12)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out.numpy(), 2 * weights @ arrays[2], rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("shapes, match", [
     (((2, 3, 5, 4), (2, 3, 7, 6), (2, 3, 7, 6)), r"key must be \(\*, S, 4\) \(query's feature size E\), "
                                                  r"got shape \(2, 3, 7, 6\)"),

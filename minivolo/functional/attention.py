@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from .. import functional as F
 from ..tensor import Tensor
 from . import nn
 from .nn import _split
@@ -21,9 +22,10 @@ from .nn import _split
 __all__ = ["scaled_dot_product_attention"]
 
 # Which attention computes: "reference" is the composition matmul, softmax, matmul on whole arrays (the
-# GPU's, and the CPU's with attn_mask-free float inputs when asked); "auto" takes ``_attention_blocks``
-# for NumPy arrays. The fused path is softmax's fast path fused with its two matmuls, so it also follows
-# ``nn.SOFTMAX_IMPL``: with softmax's reference asked for, attention composes the reference too.
+# GPU's always); "auto" takes ``_attention_blocks`` for non-empty NumPy arrays. The fused path is softmax's
+# fast path fused with its two matmuls, so it also follows ``nn.SOFTMAX_IMPL``: with softmax's reference
+# asked for (as the CPU/GPU bit-for-bit tests do), or ``F.softmax`` replaced (a notebook recording the
+# attention maps), attention composes the reference, which calls ``F.softmax``.
 ATTENTION_IMPL = "auto"
 ATTENTION_BLOCK = 1 << 16  # score elements per block (256 KiB of float32 scores, with their gradient 512)
 
@@ -39,6 +41,9 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
 
     Backward, with D = rowsum(dP * P) = rowsum(dO * O):
         dV = P^T dO,   dP = dO v^T,   dS = P * (dP - D),   dq = scale dS k,   dk = scale dS^T q.
+    Fused on the CPU (``ATTENTION_IMPL``): scores, softmax and products block by block in cache-sized
+    buffers, only the unnormalised P kept whole for the backward; on a GPU, and as the reference, the
+    three ops above over whole arrays.
     """
     if attn_mask is not None:
         raise NotImplementedError("scaled_dot_product_attention: attn_mask is not supported (got one); "
@@ -51,10 +56,10 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     _check(query, key, value)
     if scale is None:
         scale = 1 / math.sqrt(query.shape[-1])
-    if ATTENTION_IMPL == "auto" and nn.SOFTMAX_IMPL == "auto" and query.xp is np and \
-            query.size and key.size and value.size:
+    if ATTENTION_IMPL == "auto" and nn.SOFTMAX_IMPL == "auto" and F.softmax is nn.softmax and \
+            query.xp is np and query.size and key.size and value.size:
         return _attention_blocks(query, key, value, scale)
-    return nn.softmax((query * scale) @ key.swapaxes(-2, -1), dim=-1) @ value
+    return F.softmax((query * scale) @ key.swapaxes(-2, -1), dim=-1) @ value
 
 
 def _check(query, key, value) -> None:
