@@ -27,7 +27,7 @@ __all__ = ["scaled_dot_product_attention"]
 # asked for (as the CPU/GPU bit-for-bit tests do), or ``F.softmax`` replaced (a notebook recording the
 # attention maps), attention composes the reference, which calls ``F.softmax``.
 ATTENTION_IMPL = "auto"
-ATTENTION_BLOCK = 1 << 16  # score elements per block (256 KiB of float32 scores, with their gradient 512)
+ATTENTION_BLOCK = 1 << 18  # score elements per block (1 MiB of float32 scores; their gradient as much)
 
 
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask=None,
