@@ -494,6 +494,14 @@ def _softmax(quick: bool = False, device: str = "cpu"):
     return _op_pair([shape], lambda x: F.softmax(x, -1), lambda x: _nn().softmax(x, -1), device)
 
 
+@register("attention")
+def _attention(quick: bool = False, device: str = "cpu"):
+    """scaled_dot_product_attention at D1 stage-2 shapes: q, k, v (8, 12, 196, 32)."""
+    shape = (2, 3, 7, 8) if quick else (8, 12, 196, 32)
+    return _op_pair([shape] * 3, F.scaled_dot_product_attention,
+                    lambda q, k, v: _nn().scaled_dot_product_attention(q, k, v), device)
+
+
 @register("linear")
 def _linear(quick: bool = False, device: str = "cpu"):
     """linear (8*28*28, 192) -> 576 with bias (D1 stage-1 MLP fc1)."""

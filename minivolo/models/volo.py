@@ -166,6 +166,9 @@ class Attention(Module):
 
     q, k, v = split(x Wqkv)            each (B, h, N, d), N = H·W
     out = softmax(q·scale @ kᵀ) @ v    (B, h, N, d) -> (B, H, W, C) -> proj
+
+    Without attention dropout the product is ``F.scaled_dot_product_attention`` (fused on the CPU);
+    with it, the same formula written out, the dropout applied to the attention weights.
     """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.,
@@ -184,8 +187,12 @@ class Attention(Module):
         B, H, W, C = x.shape
         qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]                                              # each (B, h, N, d)
-        attn = self.attn_drop(F.softmax((q * self.scale) @ k.swapaxes(-2, -1), dim=-1))  # (B, h, N, N)
-        x = (attn @ v).swapaxes(1, 2).reshape(B, H, W, C)                             # (B, H, W, C)
+        if self.attn_drop.p:
+            attn = self.attn_drop(F.softmax((q * self.scale) @ k.swapaxes(-2, -1), dim=-1))  # (B, h, N, N)
+            x = attn @ v                                                              # (B, h, N, d)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)             # (B, h, N, d)
+        x = x.swapaxes(1, 2).reshape(B, H, W, C)                                      # (B, H, W, C)
         return self.proj_drop(self.proj(x))                                           # (B, H, W, C)
 
 
@@ -203,6 +210,8 @@ class ClassAttention(Module):
 
     k, v = split(x Wkv)   (B, h, N, d);   q = x[:, :1] Wq   (B, h, 1, d)
     out  = softmax(q·scale @ kᵀ) @ v   (B, h, 1, d) -> (B, 1, h·d) -> proj
+
+    As in ``Attention``: ``F.scaled_dot_product_attention`` without attention dropout, written out with it.
     """
 
     def __init__(self, dim: int, num_heads: int = 8, head_dim: int | None = None, qkv_bias: bool = False,
@@ -223,9 +232,13 @@ class ClassAttention(Module):
         h, d = self.num_heads, self.head_dim
         kv = self.kv(x).reshape(B, N, 2, h, d).permute(2, 0, 3, 1, 4)   # (2, B, h, N, d)
         k, v = kv[0], kv[1]                                             # each (B, h, N, d)
-        q = self.q(x[:, :1]).reshape(B, h, 1, d) * self.scale           # (B, h, 1, d): the class token's
-        attn = self.attn_drop(F.softmax(q @ k.swapaxes(-2, -1), dim=-1))  # (B, h, 1, N)
-        cls_embed = (attn @ v).swapaxes(1, 2).reshape(B, 1, h * d)      # (B, 1, h·d)
+        q = self.q(x[:, :1]).reshape(B, h, 1, d)                        # (B, h, 1, d): the class token's
+        if self.attn_drop.p:
+            attn = self.attn_drop(F.softmax((q * self.scale) @ k.swapaxes(-2, -1), dim=-1))  # (B, h, 1, N)
+            cls_embed = attn @ v                                        # (B, h, 1, d)
+        else:
+            cls_embed = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, h, 1, d)
+        cls_embed = cls_embed.swapaxes(1, 2).reshape(B, 1, h * d)       # (B, 1, h·d)
         return self.proj_drop(self.proj(cls_embed))                     # (B, 1, C)
 
 
