@@ -422,7 +422,7 @@ def _conv2d_chunked(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool)
     going through main memory (for D1's 3x3 stem conv: 231 MB, twice). Per block, with cols (G, K, n)
     the block's columns (channel-major, as the reference's) and g (G, O/G, n) its output gradient:
         out[block] = W[g] @ cols
-        dW        += g @ cols^T                    (the columns made again from x)
+        dW^T      += cols @ g^T                    (the columns made again from x)
         dx: for stride 1 (and padding <= the dilated kernel's reach), the same kernel convolves the
             gradient, zero-padded, with the flipped kernel, W'[c, o, i, j] = W[o, c, kh-1-i, kw-1-j]
             (the adjoint of a stride-1 convolution); otherwise dxpad[block's windows] += col2im(W[g]^T @ g).
@@ -442,11 +442,11 @@ def _conv2d_chunked(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool)
 
     def grads(g):
         gx = gw = None
-        if need_gw:
-            gw, part = np.zeros((G, Og, K), g.dtype), np.empty((G, Og, K), g.dtype)
+        if need_gw:  # accumulated transposed, dW^T += cols @ g^T: OpenBLAS runs that ~1.2x faster
+            gwt, part = np.zeros((G, K, Og), g.dtype), np.empty((G, K, Og), g.dtype)
             for block, cols in _block_columns(x, window, blocks, G):
-                gw += np.matmul(channel_major(g, block), cols.swapaxes(1, 2), out=part)
-            gw = gw.reshape(w.shape)
+                gwt += np.matmul(cols, channel_major(g, block).swapaxes(1, 2), out=part)
+            gw = np.ascontiguousarray(gwt.swapaxes(1, 2)).reshape(w.shape)
         if not need_gx:
             return gx, gw
         (dh, dw), (sh, sw), (top, left) = window.dilation, window.stride, window.before
