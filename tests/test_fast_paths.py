@@ -104,8 +104,8 @@ def test_conv2d_auto_picks_chunked_where_it_pays(shape, weight, kwargs, chunked,
 def test_conv2d_chunked_splits_by_kernel_rows_at_the_stem(shape, weight, kwargs, parts):
     """The stem's 3x3 conv (and its dx, the same conv of the gradient) runs by kernel row, the 7x7
     stride-2 conv on whole columns (3 channels: row parts would make matmuls of inner size 21)."""
-    stride = conv._pair(kwargs.get("stride", 1))
-    window = conv._window("conv2d", shape[2:], weight[2:], (1, 1), stride, conv._symmetric(conv._pair(kwargs["padding"])))
+    pads = conv._symmetric(conv._pair(kwargs["padding"]))
+    window = conv._window("conv2d", shape[2:], weight[2:], (1, 1), conv._pair(kwargs.get("stride", 1)), pads)
     assert len(conv._kernel_parts(window, weight[1])) == parts
 
 

@@ -398,11 +398,13 @@ def _conv2d_im2col(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool):
     return out, grads
 
 
-def _blocks(B: int, out: tuple, K: int):
+def _blocks(B: int, window: _Window, C: int, Cg: int):
     """The blocks of output positions ``_conv2d_chunked`` works on, as (b0, b1, y0, y1): images b0..b1-1,
-    output rows y0..y1-1. Whole images while one image's columns (K*oh*ow) fit CONV_CHUNK elements,
-    else bands of rows of one image; either way one block's columns hold about CONV_CHUNK elements."""
-    (oh, ow), per_row = out, K * out[1]
+    output rows y0..y1-1, for C input channels (Cg per group). Whole images while one image's columns
+    (K*oh*ow, K = C*kh*kw, or C*kw split by kernel row) fit CONV_CHUNK elements, else bands of rows of
+    one image; either way one block's columns hold about CONV_CHUNK elements."""
+    (kh, kw), (oh, ow) = window.kernel, window.out
+    per_row = C * kw * (1 if _by_kernel_rows(window, Cg) else kh) * ow
     if per_row * oh <= CONV_CHUNK:
         n = max(1, CONV_CHUNK // (per_row * oh))
         return [(b0, min(B, b0 + n), 0, oh) for b0 in range(0, B, n)]
@@ -434,14 +436,14 @@ def _conv2d_chunked(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool)
     """
     (B, C, H, W), (O, Cg, kh, kw) = x.shape, w.shape
     Og, (oh, ow) = O // G, window.out
-    blocks = _blocks(B, window.out, C * kw if _by_kernel_rows(window, Cg) else C * kh * kw)
+    blocks = _blocks(B, window, C, Cg)
     out = _conv_by_blocks(x, w, window, blocks, G)
 
     def grads(g):
         gx = gw = None
         if need_gw:  # accumulated transposed, dW^T += cols @ g^T: OpenBLAS runs that ~1.2x faster
             parts = _kernel_parts(window, Cg)
-            gwt = [np.zeros((G, Cg * len(range(kh)[rows]) * kw, Og), g.dtype) for rows in parts]
+            gwt = [np.zeros((G, Cg * (rows.stop - rows.start) * kw, Og), g.dtype) for rows in parts]
             for (b0, b1, y0, y1), cols in _block_columns(x, window, blocks, G, len(parts) > 1):
                 gt = g[b0:b1, :, y0:y1].reshape(b1 - b0, G, Og, -1).swapaxes(2, 3)    # (n_img, G, n, O/G)
                 for acc, c in zip(gwt, cols):
@@ -458,8 +460,7 @@ def _conv2d_chunked(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool)
             flipped = w.reshape(G, Og, Cg, kh, kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
             wt = np.ascontiguousarray(flipped).reshape(C, Og, kh, kw)                # (C, O/G, kh, kw)
             gwindow = _window("conv2d", window.out, window.kernel, window.dilation, (1, 1), pads)
-            rows = _by_kernel_rows(gwindow, Og)
-            return _conv_by_blocks(g, wt, gwindow, _blocks(B, (H, W), O * kw if rows else O * kh * kw), G), gw
+            return _conv_by_blocks(g, wt, gwindow, _blocks(B, gwindow, O, Og), G), gw
         dxpad = np.zeros((B, C) + window.extent, g.dtype)
         wt = w.reshape(G, Og, Cg * kh * kw).swapaxes(1, 2)
         for b0, b1, y0, y1 in blocks:
@@ -501,8 +502,8 @@ def _block_columns(x, window: _Window, blocks: list, G: int, by_rows: bool):
     (dh, dw), (sh, sw), (top, left), Wp = window.dilation, window.stride, window.before, window.extent[1]
     span = dh * (kh - 1) + 1
     sizes = [(b1 - b0, (y1 - y0 - 1) * sh + span, y1 - y0) for b0, b1, y0, y1 in blocks]
-    per_image = C * kw * (max(rows for _, rows, _ in sizes) if by_rows else kh * max(r for _, _, r in sizes)) * ow
-    cols_buf = np.empty(max(nb for nb, _, _ in sizes) * per_image, x.dtype)
+    rows_per_image = max(rows for _, rows, _ in sizes) if by_rows else kh * max(r for _, _, r in sizes)
+    cols_buf = np.empty(max(nb for nb, _, _ in sizes) * C * kw * rows_per_image * ow, x.dtype)
     band_buf, shape = np.empty(C * max(nb * rows for nb, rows, _ in sizes) * Wp, x.dtype), None
     for b0, b1, y0, y1 in blocks:
         nb, rows, first = b1 - b0, (y1 - y0 - 1) * sh + span, y0 * sh - top  # x's row at the band's top
