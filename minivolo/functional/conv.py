@@ -358,9 +358,9 @@ CONV2D_IMPL = "auto"
 
 def _chunks_pay(x: Tensor, window: _Window) -> bool:
     """Whether ``_conv2d_chunked`` beats the reference (measured on VOLO's convolutions, 1 thread): on the
-    CPU, when the windows overlap (the columns are then several times the input: D1's 3x3 stem conv about
-    0.65x the reference's time forward + backward, its 7x7 about 0.85x) and the columns are large (more
-    than 4 blocks). Disjoint windows (the patch projections, stride = kernel) make columns that are only a
+    CPU, when the windows overlap (the columns are then several times the input: D1's 3x3 stem conv and
+    its 7x7 about 0.7x the reference's time forward + backward, tiny3's 3x3 0.6x) and the columns are
+    large (more than 4 blocks). Disjoint windows (the patch projections, stride = kernel) make columns that are only a
     permutation of the input: the reference is as fast or faster there."""
     (B, C), (kh, kw), (oh, ow) = x.shape[:2], window.kernel, window.out
     overlap = any(s < d * (k - 1) + 1 for k, d, s in zip(window.kernel, window.dilation, window.stride))
