@@ -435,7 +435,7 @@ def _conv2d_chunked(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool)
     Any stride, dilation, padding and groups; NumPy only (on CuPy one large matmul is the fast way).
     """
     (B, C, H, W), (O, Cg, kh, kw) = x.shape, w.shape
-    Og, (oh, ow) = O // G, window.out
+    Og, ow = O // G, window.out[1]
     blocks = _blocks(B, window, C, Cg)
     out = _conv_by_blocks(x, w, window, blocks, G)
 
