@@ -30,6 +30,14 @@ def _conv2d(impl, x, w, b, g, monkeypatch, **kwargs):
     (2, 8, 9, 11, 6, 3, dict(padding=1, stride=2)),                  # stride 2: dx by col2im per block
     (3, 4, 13, 12, 5, 3, dict(padding=2, stride=(2, 3), dilation=2)),
     (2, 6, 8, 8, 4, 2, dict(stride=2, groups=2)),                    # disjoint windows (a patch projection)
+    # (C/groups)*kw >= 64: the columns split by kernel row (_by_kernel_rows)
+    (2, 24, 9, 11, 6, 3, dict(padding=1)),
+    (3, 24, 7, 9, 6, 3, dict(padding=1, dilation=2)),
+    (2, 32, 9, 10, 6, (3, 2), dict(padding=(2, 0))),
+    (2, 48, 8, 8, 4, 3, dict(padding="same", groups=2)),
+    (2, 24, 7, 7, 5, 3, dict(padding=3)),                            # bands of padding only
+    (2, 24, 9, 11, 6, 3, dict(padding=1, stride=(1, 2))),            # by rows with a horizontal stride
+    (2, 24, 9, 11, 6, 3, dict(padding=1, stride=(2, 1))),            # vertical stride 2: one part
 ])
 @pytest.mark.parametrize("chunk", [1, 50, 700, 1 << 18])              # one row per block ... whole batch
 def test_conv2d_chunked_matches_im2col(B, C, H, W, O, k, kwargs, chunk, monkeypatch):
@@ -87,6 +95,18 @@ def test_conv2d_auto_picks_chunked_where_it_pays(shape, weight, kwargs, chunked,
     monkeypatch.setattr(conv, "CONV2D_IMPL", "im2col")
     np.testing.assert_allclose(out.numpy(), conv.conv2d(x, w, **kwargs).numpy(), rtol=0, atol=1e-12)
     assert calls == ([1] if chunked else [])
+
+
+@pytest.mark.parametrize("shape, weight, kwargs, parts", [
+    ((8, 64, 112, 112), (64, 64, 3, 3), dict(padding=1), 3),           # D1's 3x3 stem conv: by kernel row
+    ((8, 3, 224, 224), (64, 3, 7, 7), dict(padding=3, stride=2), 1),   # its first conv: whole columns
+])
+def test_conv2d_chunked_splits_by_kernel_rows_at_the_stem(shape, weight, kwargs, parts):
+    """The stem's 3x3 conv (and its dx, the same conv of the gradient) runs by kernel row, the 7x7
+    stride-2 conv on whole columns (3 channels: row parts would make matmuls of inner size 21)."""
+    pads = conv._symmetric(conv._pair(kwargs["padding"]))
+    window = conv._window("conv2d", shape[2:], weight[2:], (1, 1), conv._pair(kwargs.get("stride", 1)), pads)
+    assert len(conv._kernel_parts(window, weight[1])) == parts
 
 
 def test_conv2d_chunked_float32_stays_float32(monkeypatch):

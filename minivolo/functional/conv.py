@@ -358,9 +358,9 @@ CONV2D_IMPL = "auto"
 
 def _chunks_pay(x: Tensor, window: _Window) -> bool:
     """Whether ``_conv2d_chunked`` beats the reference (measured on VOLO's convolutions, 1 thread): on the
-    CPU, when the windows overlap (the columns are then several times the input: D1's 3x3 stem conv about
-    0.65x the reference's time forward + backward, its 7x7 about 0.85x) and the columns are large (more
-    than 4 blocks). Disjoint windows (the patch projections, stride = kernel) make columns that are only a
+    CPU, when the windows overlap (the columns are then several times the input: D1's 3x3 stem conv and
+    its 7x7 about 0.7x the reference's time forward + backward, tiny3's 3x3 0.6x) and the columns are
+    large (more than 4 blocks). Disjoint windows (the patch projections, stride = kernel) make columns that are only a
     permutation of the input: the reference is as fast or faster there."""
     (B, C), (kh, kw), (oh, ow) = x.shape[:2], window.kernel, window.out
     overlap = any(s < d * (k - 1) + 1 for k, d, s in zip(window.kernel, window.dilation, window.stride))
@@ -398,11 +398,13 @@ def _conv2d_im2col(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool):
     return out, grads
 
 
-def _blocks(B: int, out: tuple, K: int):
+def _blocks(B: int, window: _Window, C: int, Cg: int):
     """The blocks of output positions ``_conv2d_chunked`` works on, as (b0, b1, y0, y1): images b0..b1-1,
-    output rows y0..y1-1. Whole images while one image's columns (K*oh*ow) fit CONV_CHUNK elements,
-    else bands of rows of one image; either way one block's columns hold about CONV_CHUNK elements."""
-    (oh, ow), per_row = out, K * out[1]
+    output rows y0..y1-1, for C input channels (Cg per group). Whole images while one image's columns
+    (K*oh*ow, K = C*kh*kw, or C*kw split by kernel row) fit CONV_CHUNK elements, else bands of rows of
+    one image; either way one block's columns hold about CONV_CHUNK elements."""
+    (kh, kw), (oh, ow) = window.kernel, window.out
+    per_row = C * kw * (1 if _by_kernel_rows(window, Cg) else kh) * ow
     if per_row * oh <= CONV_CHUNK:
         n = max(1, CONV_CHUNK // (per_row * oh))
         return [(b0, min(B, b0 + n), 0, oh) for b0 in range(0, B, n)]
@@ -419,34 +421,35 @@ def _conv2d_chunked(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool)
     """The CPU's conv2d kernel: ``_conv2d_im2col``'s math, block by block of output positions
     (``_blocks``: a few images, or a band of rows of one image), so that a block's columns are made in
     a buffer that stays in the cache and are read there by the matmul, instead of the k^2*C*B*L columns
-    going through main memory (for D1's 3x3 stem conv: 231 MB, twice). Per block, with cols (G, K, n)
-    the block's columns (channel-major, as the reference's) and g (G, O/G, n) its output gradient:
+    going through main memory (for D1's 3x3 stem conv: 231 MB, twice). Per block and image, with cols
+    (G, K, n) the block's columns (channel-major, as the reference's) and g (G, O/G, n) its output gradient:
         out[block] = W[g] @ cols
-        dW        += g @ cols^T                    (the columns made again from x)
+        dW^T      += cols @ g^T                    (the columns made again from x)
         dx: for stride 1 (and padding <= the dilated kernel's reach), the same kernel convolves the
             gradient, zero-padded, with the flipped kernel, W'[c, o, i, j] = W[o, c, kh-1-i, kw-1-j]
             (the adjoint of a stride-1 convolution); otherwise dxpad[block's windows] += col2im(W[g]^T @ g).
+    With vertical stride 1 the columns are split by kernel row (``_by_kernel_rows``): cols = the kh
+    row-columns stacked, so W @ cols = sum over i of W[:, :, i] @ rows_i, where rows_i are the columns
+    of kernel row i: one buffer of kw shifted copies of the band's rows serves every i (rows_i starts
+    i*dh rows down), about a third of the copying for a 3x3 kernel.
     Any stride, dilation, padding and groups; NumPy only (on CuPy one large matmul is the fast way).
     """
     (B, C, H, W), (O, Cg, kh, kw) = x.shape, w.shape
-    Og, K, (oh, ow) = O // G, Cg * kh * kw, window.out
-    wmat = w.reshape(G, Og, K)
-    blocks = _blocks(B, window.out, C * kh * kw)
-    out = _conv_by_blocks(x, wmat, window, blocks)
-
-    def channel_major(a, block):
-        """The block of a (B, O, oh, ow) array as (G, O/G, n), n = the block's positions (a copy only
-        when it spans several images)."""
-        b0, b1, y0, y1 = block
-        return a[b0:b1, :, y0:y1].transpose(1, 0, 2, 3).reshape(G, Og, -1)
+    Og, ow = O // G, window.out[1]
+    blocks = _blocks(B, window, C, Cg)
+    out = _conv_by_blocks(x, w, window, blocks, G)
 
     def grads(g):
         gx = gw = None
-        if need_gw:
-            gw, part = np.zeros((G, Og, K), g.dtype), np.empty((G, Og, K), g.dtype)
-            for block, cols in _block_columns(x, window, blocks, G):
-                gw += np.matmul(channel_major(g, block), cols.swapaxes(1, 2), out=part)
-            gw = gw.reshape(w.shape)
+        if need_gw:  # accumulated transposed, dW^T += cols @ g^T: OpenBLAS runs that ~1.2x faster
+            parts = _kernel_parts(window, Cg)
+            gwt = [np.zeros((G, Cg * (rows.stop - rows.start) * kw, Og), g.dtype) for rows in parts]
+            for (b0, b1, y0, y1), cols in _block_columns(x, window, blocks, G, len(parts) > 1):
+                gt = g[b0:b1, :, y0:y1].reshape(b1 - b0, G, Og, -1).swapaxes(2, 3)    # (n_img, G, n, O/G)
+                for acc, c in zip(gwt, cols):
+                    acc += np.matmul(c, gt).sum(axis=0)
+            gw = np.concatenate([a.reshape(G, Cg, -1, kw, Og) for a in gwt], axis=2)  # (G, C/G, kh, kw, O/G)
+            gw = np.ascontiguousarray(gw.transpose(0, 4, 1, 2, 3)).reshape(w.shape)
         if not need_gx:
             return gx, gw
         (dh, dw), (sh, sw), (top, left) = window.dilation, window.stride, window.before
@@ -455,13 +458,14 @@ def _conv2d_chunked(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool)
                 (reach[1] - left, reach[1] - (window.extent[1] - left - W)))
         if window.stride == (1, 1) and min(min(p) for p in pads) >= 0:
             flipped = w.reshape(G, Og, Cg, kh, kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-            wt = np.ascontiguousarray(flipped).reshape(G, Cg, Og * kh * kw)       # (G, C/G, O/G*kh*kw)
+            wt = np.ascontiguousarray(flipped).reshape(C, Og, kh, kw)                # (C, O/G, kh, kw)
             gwindow = _window("conv2d", window.out, window.kernel, window.dilation, (1, 1), pads)
-            return _conv_by_blocks(g, wt, gwindow, _blocks(B, (H, W), O * kh * kw)), gw
+            return _conv_by_blocks(g, wt, gwindow, _blocks(B, gwindow, O, Og), G), gw
         dxpad = np.zeros((B, C) + window.extent, g.dtype)
-        wt = wmat.swapaxes(1, 2)
+        wt = w.reshape(G, Og, Cg * kh * kw).swapaxes(1, 2)
         for b0, b1, y0, y1 in blocks:
-            dcols = np.matmul(wt, channel_major(g, (b0, b1, y0, y1)))           # (G, K, n)
+            gblock = g[b0:b1, :, y0:y1].transpose(1, 0, 2, 3).reshape(G, Og, -1)      # (G, O/G, n)
+            dcols = np.matmul(wt, gblock)                                              # (G, K, n)
             dcols = dcols.reshape(C, kh, kw, b1 - b0, y1 - y0, ow).transpose(3, 0, 1, 2, 4, 5)
             for i in range(kh):
                 rows = slice(y0 * sh + i * dh, (y1 - 1) * sh + i * dh + 1, sh)
@@ -471,28 +475,77 @@ def _conv2d_chunked(x, w, window: _Window, G: int, need_gx: bool, need_gw: bool)
     return out, grads
 
 
-def _block_columns(x, window: _Window, blocks: list, G: int):
-    """(block, its columns (G, K, n)) for every block of output positions of a conv2d of x (B, C, H, W),
-    channel-major as ``_im2col``'s, made in one reused buffer (so each is valid until the next)."""
-    (C, kh, kw), ow = x.shape[1:2] + window.kernel, window.out[1]
-    windows = _windows(_padded(x, window), window).transpose(1, 2, 3, 0, 4, 5)  # (C, kh, kw, B, oh, ow)
-    buf = np.empty(C * kh * kw * max((b1 - b0) * (y1 - y0) for b0, b1, y0, y1 in blocks) * ow, x.dtype)
+def _by_kernel_rows(window: _Window, channels: int) -> bool:
+    """Whether ``_conv2d_chunked`` splits the columns by kernel row: for vertical stride 1 (row i's
+    columns are then the shared buffer's rows shifted by i*dh) and enough channels (per group) that the
+    matmuls' inner size channels*kw stays long (>= 64)."""
+    return window.stride[0] == 1 and window.kernel[0] > 1 and channels * window.kernel[1] >= 64
+
+
+def _kernel_parts(window: _Window, channels: int) -> list:
+    """The kernel rows of each part of the columns: all of them, or one part per row (``_by_kernel_rows``)."""
+    kh = window.kernel[0]
+    return [slice(i, i + 1) for i in range(kh)] if _by_kernel_rows(window, channels) else [slice(0, kh)]
+
+
+def _block_columns(x, window: _Window, blocks: list, G: int, by_rows: bool):
+    """(block, its columns) for every block of output positions of a conv2d of x (B, C, H, W): a list of
+    (n_img, G, K', n) arrays, n the positions of the block in one image, made in one reused buffer (so
+    each is valid until the next). One array, K' = (C/G)*kh*kw, channel-major as ``_im2col``'s; or by
+    kernel row (``by_rows``), one per row i, K' = (C/G)*kw, each a view of one buffer of kw shifted
+    copies of the band's rows (B', C, kw, rows, ow), starting i*dh rows down.
+
+    The block's windows are viewed on a padded band: the block's images and the input rows their windows
+    meet, placed in a reused zero-bordered buffer, rather than on a padded copy of the whole input (a
+    fresh buffer the size of x, written out to main memory and read back)."""
+    (B, C, H, W), (kh, kw), ow = x.shape, window.kernel, window.out[1]
+    (dh, dw), (sh, sw), (top, left), Wp = window.dilation, window.stride, window.before, window.extent[1]
+    span = dh * (kh - 1) + 1
+    sizes = [(b1 - b0, (y1 - y0 - 1) * sh + span, y1 - y0) for b0, b1, y0, y1 in blocks]
+    rows_per_image = max(rows for _, rows, _ in sizes) if by_rows else kh * max(r for _, _, r in sizes)
+    cols_buf = np.empty(max(nb for nb, _, _ in sizes) * C * kw * rows_per_image * ow, x.dtype)
+    band_buf, shape = np.empty(C * max(nb * rows for nb, rows, _ in sizes) * Wp, x.dtype), None
     for b0, b1, y0, y1 in blocks:
-        cols = buf[:C * kh * kw * (b1 - b0) * (y1 - y0) * ow].reshape((C, kh, kw, b1 - b0, y1 - y0, ow))
-        np.copyto(cols, windows[:, :, :, b0:b1, y0:y1])
-        yield (b0, b1, y0, y1), cols.reshape(G, -1, cols[0, 0, 0].size)
-
-
-def _conv_by_blocks(x, wmat, window: _Window, blocks: list):
-    """out (B, O, oh, ow) = the convolution of x (B, C, H, W) with wmat (G, O/G, K), block by block."""
-    (G, Og), (oh, ow) = wmat.shape[:2], window.out
-    out = np.empty((x.shape[0], G * Og) + window.out, x.dtype)
-    for (b0, b1, y0, y1), cols in _block_columns(x, window, blocks, G):
-        if b1 - b0 == 1:  # rows of one image: the matmul writes them in place, (G, O/G, n) with stride oh*ow
-            np.matmul(wmat, cols, out=out[b0].reshape(G, Og, oh * ow)[:, :, y0 * ow:y1 * ow])
+        nb, rows, first = b1 - b0, (y1 - y0 - 1) * sh + span, y0 * sh - top  # x's row at the band's top
+        band = band_buf[:nb * C * rows * Wp].reshape(nb, C, rows, Wp)
+        if band.shape != shape:  # a new layout: zero it all (the padding columns then stay zero)
+            band.fill(0)
+            sb, sc, sy, sx = band.strides
+            if by_rows:  # (n_img, C, 1, kw, rows, ow): every band row, kw shifts
+                view = (nb, C, 1, kw, rows, ow), (sb, sc, 0, dw * sx, sy, sw * sx)
+            else:        # (n_img, C, kh, kw, y1-y0, ow): the windows
+                view = (nb, C, kh, kw, y1 - y0, ow), (sb, sc, dh * sy, dw * sx, sh * sy, sw * sx)
+            windows = np.lib.stride_tricks.as_strided(band, *view)
+            shape = band.shape
+        lo = min(rows, max(0, -first))
+        hi = max(lo, min(rows, H - first))                      # band rows lo..hi-1 hold x's rows
+        band[:, :, :lo] = 0
+        band[:, :, hi:] = 0
+        band[:, :, lo:hi, left:left + W] = x[b0:b1, :, first + lo:first + hi]
+        cols = cols_buf[:windows.size].reshape(windows.shape)
+        np.copyto(cols, windows)
+        if by_rows:
+            parts = [cols[:, :, 0, :, i * dh:i * dh + y1 - y0] for i in range(kh)]    # (n_img, C, kw, r, ow)
         else:
-            res = np.matmul(wmat, cols).reshape(G * Og, b1 - b0, y1 - y0, ow)
-            out[b0:b1, :, y0:y1] = res.transpose(1, 0, 2, 3)
+            parts = [cols]
+        yield (b0, b1, y0, y1), [c.reshape(nb, G, -1, (y1 - y0) * ow) for c in parts]
+
+
+def _conv_by_blocks(x, w, window: _Window, blocks: list, G: int):
+    """out (B, O, oh, ow) = the convolution of x (B, C, H, W) with w (O, C/G, kh, kw), block by block:
+    out[block] = sum over the parts of the columns of W[part] @ cols[part], written in place."""
+    (O, Cg, kh, kw), (oh, ow) = w.shape, window.out
+    parts = _kernel_parts(window, Cg)
+    wparts = [np.ascontiguousarray(w.reshape(G, O // G, Cg, kh, kw)[:, :, :, rows]).reshape(G, O // G, -1)
+              for rows in parts]
+    out = np.empty((x.shape[0], O) + window.out, x.dtype)
+    flat = out.reshape(x.shape[0], G, O // G, oh * ow)
+    tmp = np.empty(O * max((b1 - b0) * (y1 - y0) for b0, b1, y0, y1 in blocks) * ow, x.dtype)
+    for (b0, b1, y0, y1), cols in _block_columns(x, window, blocks, G, len(parts) > 1):
+        acc = flat[b0:b1, :, :, y0 * ow:y1 * ow]                                 # (n_img, G, O/G, n)
+        np.matmul(wparts[0], cols[0], out=acc)
+        for wp, c in zip(wparts[1:], cols[1:]):
+            acc += np.matmul(wp, c, out=tmp[:acc.size].reshape(acc.shape))
     return out
 
 
