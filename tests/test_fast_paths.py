@@ -407,3 +407,31 @@ def test_chunk_fills_the_l2_cache_with_four_float32_buffers():
     assert nn.CHUNK & (nn.CHUNK - 1) == 0 and 1 << 14 <= nn.CHUNK <= 1 << 18
     assert nn.CHUNK == min(1 << 18, max(1 << 14, 1 << (l2 // 16).bit_length() - 1))
     assert 16 * nn.CHUNK <= l2 or nn.CHUNK == 1 << 14
+
+
+def test_split_runs_blas_on_one_thread_and_restores_it(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    monkeypatch.setattr(nn, "ELEMENTWISE_THREADS", 2)
+    libraries = nn._blas_libraries()
+    assert libraries, "threadpoolctl finds NumPy's BLAS"
+    before = [lib.get_num_threads() for lib in libraries]
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        seen = []
+        nn._split(lambda lo, hi: seen.append((lo, hi, [lib.get_num_threads() for lib in libraries])),
+                  4, nn._SPLIT_MIN)
+        assert sorted(s[:2] for s in seen) == [(0, 2), (2, 4)]
+        assert all(counts == [1] * len(libraries) for *_, counts in seen)
+        assert [lib.get_num_threads() for lib in libraries] == [2] * len(libraries)
+    assert [lib.get_num_threads() for lib in libraries] == before
+
+
+def test_import_sets_the_openblas_thread_timeout_unless_set():
+    import subprocess
+    import sys
+    code = "import os, minivolo; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "20"
+    env["OPENBLAS_THREAD_TIMEOUT"] = "25"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "25"

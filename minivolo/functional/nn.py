@@ -10,6 +10,7 @@ references (``*_IMPL``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -94,7 +95,9 @@ _pool: tuple | None = None  # (pid, executor): a forked child makes its own (it 
 
 def _split(run, n: int, size: int) -> None:
     """``run(lo, hi)`` over ``[0, n)``, cut into ELEMENTWISE_THREADS contiguous parts run in parallel when
-    the work covers ``size >= _SPLIT_MIN`` elements (else one call)."""
+    the work covers ``size >= _SPLIT_MIN`` elements (else one call). While the parts run, NumPy's BLAS
+    runs on one thread (``_blas_single_threaded``): the parts' small matrix products would otherwise each
+    wake BLAS's own threads, two threads per core fighting (fused attention: 37 ms against 15)."""
     global _pool
     threads = min(ELEMENTWISE_THREADS, n) if size >= _SPLIT_MIN else 1
     if threads < 2:
@@ -103,10 +106,40 @@ def _split(run, n: int, size: int) -> None:
     if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers < threads - 1:
         _pool = (os.getpid(), ThreadPoolExecutor(threads - 1, thread_name_prefix="minivolo"))
     bounds = [n * i // threads for i in range(threads + 1)]
-    futures = [_pool[1].submit(run, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    run(bounds[0], bounds[1])
-    for f in futures:
-        f.result()
+    with _blas_single_threaded():
+        futures = [_pool[1].submit(run, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+        run(bounds[0], bounds[1])
+        for f in futures:
+            f.result()
+
+
+_blas: list | None = None  # threadpoolctl's handles on the BLAS libraries loaded, found on first use
+
+
+def _blas_libraries() -> list:
+    """The BLAS libraries in this process as threadpoolctl controllers ([] without threadpoolctl)."""
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+        except Exception:  # pragma: no cover - threadpoolctl is a dependency; a broken one only costs speed
+            _blas = []
+    return _blas
+
+
+@contextlib.contextmanager
+def _blas_single_threaded():
+    """BLAS on one thread inside the block, its thread counts restored after (a few microseconds)."""
+    libraries = _blas_libraries()
+    before = [lib.get_num_threads() for lib in libraries]
+    for lib in libraries:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libraries, before):
+            lib.set_num_threads(n)
 
 
 def _chunked(kernel, arrays: list, rows: int | None = None, scratch: tuple = ()) -> None:
